@@ -1,0 +1,376 @@
+//! ACPI tables for a hardware-reduced PC: RSDP, XSDT, FADT, MADT and a DSDT, placed in the BIOS
+//! area where both a table pointer (Linux zero page, PVH start_info) and a legacy scan find them.
+//!
+//! acpi_tables builds the headers and checksums; what it lacks (MADT interrupt source overrides and
+//! local APIC NMI entries) is defined here.
+
+use acpi_tables::Aml;
+use acpi_tables::aml::{Device, EISAName, IO, Interrupt, Name, Package, Path, ResourceTemplate};
+use acpi_tables::fadt::{FADTBuilder, Flags};
+use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
+use acpi_tables::madt::{
+    EnabledStatus, IoApic, LocalInterruptController, MADT, ProcessorLocalApic,
+};
+use acpi_tables::rsdp::Rsdp;
+use acpi_tables::sdt::Sdt;
+use acpi_tables::xsdt::XSDT;
+use vm_memory::{Bytes, GuestAddress};
+use zerocopy::{Immutable, IntoBytes};
+
+use crate::GuestMemoryMmap;
+use crate::layout::{ACPI_END, ACPI_START, IOAPIC_ADDR, LAPIC_ADDR};
+
+/// OEM id in every table.
+pub const OEM_ID: [u8; 6] = *b"RVVMM ";
+const OEM_REVISION: u32 = 1;
+
+/// The I/O port block of the sleep control/status and reset registers (devices::legacy::AcpiPm).
+pub const ACPI_PM_PORT: u16 = 0x600;
+/// Offsets and values within that block, as the device implements them.
+pub const SLEEP_CONTROL_OFFSET: u16 = 0;
+/// Sleep status register offset.
+pub const SLEEP_STATUS_OFFSET: u16 = 1;
+/// Reset register offset.
+pub const RESET_OFFSET: u16 = 2;
+/// Value to write to the reset register.
+pub const RESET_VALUE: u8 = 1;
+/// SLP_TYP of S5 in the DSDT's `_S5_` package.
+pub const S5_SLEEP_TYPE: u8 = 5;
+/// The IOAPIC's id in the MADT (and its ID register's reset value in KVM).
+pub const IOAPIC_ID: u8 = 0;
+/// COM1's port and interrupt.
+const COM1_PORT: u16 = 0x3f8;
+const COM1_IRQ: u32 = 4;
+
+/// Errors while building the tables.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The tables outgrew the BIOS area.
+    #[error("ACPI tables need {0} bytes, more than the {max} reserved", max = ACPI_END - ACPI_START)]
+    TooLarge(usize),
+    /// Too many vCPUs for xAPIC ids.
+    #[error("{0} vCPUs do not fit the MADT's 8-bit APIC ids")]
+    TooManyCpus(usize),
+    /// Writing guest memory failed.
+    #[error("cannot write ACPI tables: {0}")]
+    Memory(#[from] vm_memory::GuestMemoryError),
+}
+
+/// MADT Interrupt Source Override (ACPI 6.5, 5.2.12.5).
+#[repr(C, packed)]
+#[derive(Clone, Copy, IntoBytes, Immutable)]
+struct InterruptSourceOverride {
+    kind: u8,
+    length: u8,
+    bus: u8,
+    source: u8,
+    gsi: u32,
+    flags: u16,
+}
+
+impl Aml for InterruptSourceOverride {
+    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
+        sink.vec(self.as_bytes());
+    }
+}
+
+/// MADT Local APIC NMI (ACPI 6.5, 5.2.12.7).
+#[repr(C, packed)]
+#[derive(Clone, Copy, IntoBytes, Immutable)]
+struct LocalApicNmi {
+    kind: u8,
+    length: u8,
+    processor_uid: u8,
+    flags: u16,
+    lint: u8,
+}
+
+impl Aml for LocalApicNmi {
+    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
+        sink.vec(self.as_bytes());
+    }
+}
+
+/// MADT flags bit 0: the platform also has dual 8259s (KVM's in-kernel PIC).
+const MADT_PCAT_COMPAT: u32 = 1;
+/// FADT IAPC_BOOT_ARCH: an 8042 is present (bit 1); VGA is not (bit 2).
+const IAPC_8042: u16 = 1 << 1;
+const IAPC_VGA_NOT_PRESENT: u16 = 1 << 2;
+
+fn to_bytes(table: &dyn Aml) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    table.to_aml_bytes(&mut bytes);
+    bytes
+}
+
+/// Recomputes an SDT's checksum (byte 9) after its bytes were patched.
+fn fix_checksum(table: &mut [u8]) {
+    if let Some(c) = table.get_mut(9) {
+        *c = 0;
+    }
+    let sum = table.iter().fold(0u8, |s, b| s.wrapping_add(*b));
+    if let Some(c) = table.get_mut(9) {
+        *c = 0u8.wrapping_sub(sum);
+    }
+}
+
+fn dsdt() -> Vec<u8> {
+    let hid = EISAName::new("PNP0501");
+    let port = IO::new(COM1_PORT, COM1_PORT, 1, 8);
+    let irq = Interrupt::new(true, true, false, false, COM1_IRQ);
+    let crs = ResourceTemplate::new(vec![&port, &irq]);
+    let (hid_name, uid, crs_name) = (
+        Name::new("_HID".into(), &hid),
+        Name::new("_UID".into(), &0u8),
+        Name::new("_CRS".into(), &crs),
+    );
+    let com1 = Device::new(Path::from("_SB_.COM1"), vec![&hid_name, &uid, &crs_name]);
+    let s5 = Package::new(vec![&S5_SLEEP_TYPE, &S5_SLEEP_TYPE, &0u8, &0u8]);
+    let s5 = Name::new("_S5_".into(), &s5);
+
+    let mut table = Sdt::new(*b"DSDT", 36, 6, OEM_ID, *b"VMMDSDT ", OEM_REVISION);
+    let mut aml = Vec::new();
+    s5.to_aml_bytes(&mut aml);
+    com1.to_aml_bytes(&mut aml);
+    table.append_slice(&aml);
+    table.as_slice().to_vec()
+}
+
+fn fadt(dsdt: u64) -> Vec<u8> {
+    let io = |offset: u16| {
+        GAS::new(
+            AddressSpace::SystemIo,
+            8,
+            0,
+            AccessSize::ByteAccess,
+            u64::from(ACPI_PM_PORT + offset),
+        )
+    };
+    let mut fadt = FADTBuilder::new(OEM_ID, *b"VMMFACP ", OEM_REVISION)
+        .dsdt_64(dsdt)
+        .flag(Flags::HwReducedAcpi)
+        .flag(Flags::ResetRegSup)
+        .flag(Flags::PwrButton)
+        .flag(Flags::SlpButton);
+    fadt.reset_reg = io(RESET_OFFSET);
+    fadt.reset_value = RESET_VALUE;
+    fadt.sleep_control_reg = io(SLEEP_CONTROL_OFFSET);
+    fadt.sleep_status_reg = io(SLEEP_STATUS_OFFSET);
+    fadt.iapc_boot_arch = (IAPC_8042 | IAPC_VGA_NOT_PRESENT).into();
+    fadt.hypervisor_vendor_identity = u64::from_le_bytes(*b"RVVMM\0\0\0").into();
+    to_bytes(&fadt.finalize())
+}
+
+fn madt(cpus: u8) -> Vec<u8> {
+    let mut madt = MADT::new(
+        OEM_ID,
+        *b"VMMAPIC ",
+        OEM_REVISION,
+        LocalInterruptController::Address(LAPIC_ADDR as u32),
+    );
+    for id in 0..cpus {
+        madt.add_structure(ProcessorLocalApic::new(id, id, EnabledStatus::Enabled));
+    }
+    madt.add_structure(IoApic::new(IOAPIC_ID, IOAPIC_ADDR as u32, 0));
+    // As on a PC: the PIT's ISA IRQ 0 is wired to IOAPIC pin 2 (edge, active high: flags 0).
+    madt.add_structure(InterruptSourceOverride {
+        kind: 2,
+        length: 10,
+        bus: 0,
+        source: 0,
+        gsi: 2,
+        flags: 0,
+    });
+    // LINT1 of every processor (uid 0xff) is the NMI pin.
+    madt.add_structure(LocalApicNmi {
+        kind: 4,
+        length: 6,
+        processor_uid: 0xff,
+        flags: 0,
+        lint: 1,
+    });
+    let mut bytes = to_bytes(&madt);
+    if let Some(flags) = bytes.get_mut(40..44) {
+        flags.copy_from_slice(&MADT_PCAT_COMPAT.to_le_bytes());
+    }
+    fix_checksum(&mut bytes);
+    bytes
+}
+
+/// The tables laid out for guest-physical [`ACPI_START`]: the RSDP first, then each table
+/// 16-byte aligned, the XSDT last.
+#[derive(Debug)]
+pub struct Tables {
+    /// Bytes to copy to [`ACPI_START`].
+    pub image: Vec<u8>,
+    /// Guest-physical address of each table, by signature, in XSDT order.
+    pub tables: Vec<([u8; 4], u64)>,
+}
+
+impl Tables {
+    /// Builds the tables of a machine with `cpus` vCPUs, plus `extra` finished tables (each with its
+    /// own header and checksum) referenced from the XSDT.
+    pub fn build(cpus: usize, extra: &[Vec<u8>]) -> Result<Self, Error> {
+        let cpus = u8::try_from(cpus)
+            .ok()
+            .filter(|&c| c < 0xff)
+            .ok_or(Error::TooManyCpus(cpus))?;
+        let mut image = vec![0u8; Rsdp::len()];
+        let place = |image: &mut Vec<u8>, table: &[u8]| {
+            image.resize(image.len().next_multiple_of(16), 0);
+            let addr = ACPI_START + image.len() as u64;
+            image.extend_from_slice(table);
+            addr
+        };
+        let dsdt_addr = place(&mut image, &dsdt());
+        let mut tables = vec![(*b"FACP", place(&mut image, &fadt(dsdt_addr)))];
+        tables.push((*b"APIC", place(&mut image, &madt(cpus))));
+        for t in extra {
+            let sig: [u8; 4] = t
+                .get(..4)
+                .and_then(|s| s.try_into().ok())
+                .unwrap_or(*b"????");
+            tables.push((sig, place(&mut image, t)));
+        }
+        let mut xsdt = XSDT::new(OEM_ID, *b"VMMXSDT ", OEM_REVISION);
+        for (_, addr) in &tables {
+            xsdt.add_entry(*addr);
+        }
+        let xsdt_addr = place(&mut image, &to_bytes(&xsdt));
+        let rsdp = to_bytes(&Rsdp::new(OEM_ID, xsdt_addr));
+        image[..rsdp.len()].copy_from_slice(&rsdp);
+        if image.len() as u64 > ACPI_END - ACPI_START {
+            return Err(Error::TooLarge(image.len()));
+        }
+        tables.insert(0, (*b"DSDT", dsdt_addr));
+        tables.push((*b"XSDT", xsdt_addr));
+        Ok(Self { image, tables })
+    }
+
+    /// Copies the tables into guest memory; returns the RSDP address.
+    pub fn write(&self, mem: &GuestMemoryMmap) -> Result<u64, Error> {
+        mem.write_slice(&self.image, GuestAddress(ACPI_START))?;
+        Ok(ACPI_START)
+    }
+
+    /// The bytes of the table with signature `sig`.
+    pub fn table(&self, sig: &[u8; 4]) -> Option<&[u8]> {
+        let (_, addr) = self.tables.iter().find(|(s, _)| s == sig)?;
+        let start = usize::try_from(addr - ACPI_START).ok()?;
+        let len = u32::from_le_bytes(self.image.get(start + 4..start + 8)?.try_into().ok()?);
+        self.image.get(start..start + len as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn sum(bytes: &[u8]) -> u8 {
+        bytes.iter().fold(0u8, |s, b| s.wrapping_add(*b))
+    }
+
+    #[test]
+    fn checksums_lengths_and_pointers_are_consistent() {
+        let t = Tables::build(4, &[]).unwrap();
+        assert_eq!(&t.image[..8], b"RSD PTR ");
+        assert_eq!(sum(&t.image[..20]), 0);
+        assert_eq!(sum(&t.image[..36]), 0);
+        let xsdt_addr = u64::from_le_bytes(t.image[24..32].try_into().unwrap());
+        let xsdt = t.table(b"XSDT").unwrap();
+        assert_eq!(xsdt_addr, t.tables.last().unwrap().1);
+        let entries: Vec<u64> = xsdt[36..]
+            .chunks(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(entries.len(), 2);
+        for sig in [b"DSDT", b"FACP", b"APIC", b"XSDT"] {
+            let table = t.table(sig).unwrap();
+            assert_eq!(&table[..4], sig);
+            assert_eq!(sum(table), 0, "{} checksum", String::from_utf8_lossy(sig));
+        }
+        let fadt = t.table(b"FACP").unwrap();
+        let x_dsdt = u64::from_le_bytes(fadt[140..148].try_into().unwrap());
+        assert_eq!(x_dsdt, t.tables[0].1);
+        let flags = u32::from_le_bytes(fadt[112..116].try_into().unwrap());
+        assert_ne!(flags & (1 << 20), 0, "hardware-reduced");
+    }
+
+    #[test]
+    fn madt_lists_every_cpu_the_ioapic_and_overrides() {
+        let t = Tables::build(3, &[]).unwrap();
+        let madt = t.table(b"APIC").unwrap();
+        assert_eq!(
+            u32::from_le_bytes(madt[36..40].try_into().unwrap()),
+            LAPIC_ADDR as u32
+        );
+        assert_eq!(
+            u32::from_le_bytes(madt[40..44].try_into().unwrap()),
+            MADT_PCAT_COMPAT
+        );
+        let mut kinds = Vec::new();
+        let mut apic_ids = Vec::new();
+        let mut at = 44;
+        while at < madt.len() {
+            let (kind, len) = (madt[at], madt[at + 1] as usize);
+            if kind == 0 {
+                apic_ids.push(madt[at + 3]);
+            }
+            kinds.push(kind);
+            at += len;
+        }
+        assert_eq!(at, madt.len());
+        assert_eq!(apic_ids, vec![0, 1, 2]);
+        assert_eq!(kinds, vec![0, 0, 0, 1, 2, 4]);
+    }
+
+    #[test]
+    fn too_many_cpus_is_an_error() {
+        assert!(matches!(
+            Tables::build(255, &[]),
+            Err(Error::TooManyCpus(255))
+        ));
+        assert!(Tables::build(254, &[]).is_ok());
+    }
+
+    /// Disassembles every table with ACPICA's `iasl -d`, an independent parser.
+    #[test]
+    fn tables_pass_iasl() {
+        if Command::new("iasl").arg("-v").output().is_err() {
+            crate::skip(
+                "acpi::tables_pass_iasl",
+                "iasl is not installed (apt-get install acpica-tools)",
+            );
+            return;
+        }
+        let t = Tables::build(2, &[]).unwrap();
+        let dir = std::env::temp_dir().join(format!("vmm-acpi-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (sig, _) in &t.tables {
+            let name = String::from_utf8_lossy(sig).to_lowercase();
+            let path = dir.join(format!("{name}.dat"));
+            std::fs::write(&path, t.table(sig).unwrap()).unwrap();
+            let out = Command::new("iasl")
+                .arg("-d")
+                .arg(&path)
+                .current_dir(&dir)
+                .output()
+                .unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(out.status.success(), "iasl -d {name}: {text}");
+            let dsl = std::fs::read_to_string(dir.join(format!("{name}.dsl"))).unwrap();
+            for bad in ["Error", "Invalid", "Unknown"] {
+                assert!(!dsl.contains(bad), "iasl reports {bad} in {name}:\n{dsl}");
+            }
+            assert!(!text.contains("Error"), "iasl -d {name}: {text}");
+        }
+        if std::env::var_os("VMM_KEEP_ACPI").is_none() {
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+}
