@@ -1,1 +1,66 @@
-fn main() {}
+//! `vmm`: boots a kernel in a KVM virtual machine and exits with the guest's verdict.
+
+mod cli;
+mod console;
+mod outcome;
+mod vcpu;
+mod vm;
+
+use clap::Parser;
+
+use crate::outcome::{Outcome, STATUS_ERROR};
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            std::process::exit(0);
+        }
+        Err(e) => {
+            // One line naming the problem, not clap's usage block (which follows a blank line).
+            let msg = e.render().to_string();
+            let problem: Vec<&str> = msg
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            eprintln!("vmm: {}", problem.join(" ").trim_start_matches("error: "));
+            std::process::exit(STATUS_ERROR);
+        }
+    };
+    let timeout = match cli.timeout() {
+        Ok(t) => t,
+        Err(msg) => {
+            eprintln!("vmm: {msg}");
+            std::process::exit(STATUS_ERROR);
+        }
+    };
+    let config = vm::VmConfig {
+        kernel: cli.kernel,
+        initramfs: cli.initramfs,
+        cmdline: cli.cmdline,
+        cpus: cli.cpus,
+        memory: cli.memory,
+        serial: cli.serial,
+        timeout,
+    };
+    let outcome = match vm::run(&config) {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            eprintln!("vmm: {e}");
+            std::process::exit(STATUS_ERROR);
+        }
+    };
+    match &outcome {
+        Outcome::Timeout => eprintln!(
+            "vmm: the guest did not finish within --timeout {}s",
+            config.timeout.map(|t| t.as_secs_f64()).unwrap_or_default()
+        ),
+        Outcome::Error(msg) => eprintln!("vmm: {msg}"),
+        _ => {}
+    }
+    std::process::exit(outcome.exit_status());
+}

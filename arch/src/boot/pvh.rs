@@ -22,7 +22,8 @@ pub(super) fn load(
     image: KernelImage<'_>,
     rsdp: u64,
 ) -> Result<BootEntry, Error> {
-    let loaded = Elf::load(mem, None, image.kernel, Some(GuestAddress(HIMEM_START)))?;
+    let loaded = Elf::load(mem, None, image.kernel, Some(GuestAddress(HIMEM_START)))
+        .map_err(Error::NotBootableElf)?;
     let PvhBootCapability::PvhEntryPresent(entry) = loaded.pvh_boot_cap else {
         return Err(Error::ElfWithoutEntry);
     };

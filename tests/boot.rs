@@ -1,0 +1,202 @@
+//! Booting guests through the real `vmm` binary: boot protocols, exit statuses, crashes, timeouts
+//! and bad input.
+
+mod harness;
+
+use harness::{asm_guest, kvm_or_skip, vmm};
+
+/// The exit status for a guest verdict v written to port 0xf4.
+fn verdict(v: i32) -> i32 {
+    (v << 1) | 1
+}
+
+#[test]
+fn multiboot_kernel_built_elsewhere_returns_its_verdict() {
+    if !kvm_or_skip("multiboot_kernel_built_elsewhere_returns_its_verdict") {
+        return;
+    }
+    let k = asm_guest();
+    let k = k.to_str().unwrap();
+    vmm(&["--kernel", k, "--cmdline", "exit=0"])
+        .expect_status(verdict(0))
+        .expect_line("multiboot-asm: cmdline: exit=0");
+    vmm(&[
+        "--kernel",
+        k,
+        "--cmdline",
+        "some words then exit=5",
+        "--cpus",
+        "2",
+        "--memory",
+        "64M",
+    ])
+    .expect_status(verdict(5))
+    .expect_line("multiboot-asm: cmdline: some words then exit=5");
+}
+
+#[test]
+fn poweroff_and_reset_end_the_vm_with_status_zero() {
+    if !kvm_or_skip("poweroff_and_reset_end_the_vm_with_status_zero") {
+        return;
+    }
+    let k = asm_guest();
+    for cmd in ["poweroff", "reset"] {
+        let run = vmm(&[
+            "--kernel",
+            k.to_str().unwrap(),
+            "--cmdline",
+            cmd,
+            "--timeout",
+            "30",
+        ]);
+        run.expect_status(0);
+        assert!(run.stderr.is_empty(), "{cmd}: {run:#?}");
+    }
+}
+
+#[test]
+fn triple_fault_is_a_crash_with_registers() {
+    if !kvm_or_skip("triple_fault_is_a_crash_with_registers") {
+        return;
+    }
+    let run = vmm(&[
+        "--kernel",
+        asm_guest().to_str().unwrap(),
+        "--cmdline",
+        "crash",
+        "--cpus",
+        "2",
+    ]);
+    run.expect_status(4);
+    assert!(
+        run.stderr
+            .starts_with("vmm: guest crashed: triple fault on vCPU 0\n"),
+        "{run:#?}"
+    );
+    assert!(
+        run.stderr.contains("rip ") && run.stderr.contains("cr0 "),
+        "{run:#?}"
+    );
+    assert_eq!(
+        run.stderr.matches("guest crashed").count(),
+        1,
+        "reported once: {run:#?}"
+    );
+}
+
+#[test]
+fn timeout_stops_every_vcpu_of_a_hung_guest() {
+    if !kvm_or_skip("timeout_stops_every_vcpu_of_a_hung_guest") {
+        return;
+    }
+    let k = asm_guest();
+    let run = vmm(&[
+        "--kernel",
+        k.to_str().unwrap(),
+        "--cmdline",
+        "hang",
+        "--timeout",
+        "0.5",
+        "--cpus",
+        "4",
+    ]);
+    run.expect_status(124);
+    assert!(
+        run.stderr.contains("did not finish within --timeout 0.5s"),
+        "{run:#?}"
+    );
+    for cpu in 0..4 {
+        assert!(
+            run.stderr.contains(&format!("vCPU {cpu} stopped at rip")),
+            "vCPU {cpu}: {run:#?}"
+        );
+    }
+}
+
+/// Every bad input gets exactly one line on stderr, naming the problem, and status 2.
+#[test]
+fn bad_input_gets_a_one_line_error() {
+    let dir = std::env::temp_dir().join(format!("vmm-bad-input-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let garbage = dir.join("garbage");
+    std::fs::write(&garbage, [0x5a; 4096]).unwrap();
+    let unreadable = dir.join("unreadable");
+    std::fs::write(&unreadable, b"x").unwrap();
+    let garbage = garbage.to_str().unwrap();
+    let dirname = dir.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--kernel", "/nonexistent/kernel"],
+            "cannot open kernel '/nonexistent/kernel'",
+        ),
+        (vec!["--kernel", garbage], "unrecognised kernel image"),
+        (vec!["--kernel", dirname], "Is a directory"),
+        (vec!["--kernel", "/bin/true"], "not a bootable ELF kernel"),
+        (
+            vec!["--kernel", garbage, "--memory", "12X"],
+            "'12X' is not a size",
+        ),
+        (vec!["--kernel", garbage, "--memory", "1M"], "too small"),
+        (vec!["--kernel", garbage, "--cpus", "0"], "--cpus"),
+        (vec!["--kernel", garbage, "--serial", "tty"], "--serial"),
+        (vec!["--kernel", garbage, "--timeout=-3"], "--timeout"),
+        (vec!["--cpus", "2"], "--kernel"),
+        (
+            vec!["--kernel", garbage, "--initramfs", "/nonexistent/initrd"],
+            "cannot open initramfs",
+        ),
+    ];
+    for (args, needle) in cases {
+        let run = vmm(&args);
+        assert_eq!(run.status, 2, "{args:?}: {run:#?}");
+        let lines: Vec<&str> = run.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: want one line: {run:#?}");
+        assert!(
+            lines[0].starts_with("vmm: ") && lines[0].contains(needle),
+            "{args:?}: {run:#?}"
+        );
+        assert!(!run.stderr.contains("panicked"), "{args:?}: {run:#?}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Without permission on /dev/kvm the VMM says so in one line.
+#[test]
+fn no_permission_on_dev_kvm_is_a_one_line_error() {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root || !std::path::Path::new("/dev/kvm").exists() {
+        harness::skip(
+            "no_permission_on_dev_kvm_is_a_one_line_error",
+            "needs root (to drop to nobody) and /dev/kvm",
+        );
+        return;
+    }
+    let k = asm_guest();
+    let vmm = env!("CARGO_BIN_EXE_vmm");
+    // setpriv is in util-linux, present on every Debian system.
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            vmm,
+            "--kernel",
+        ])
+        .arg(&k)
+        .output()
+        .expect("run setpriv");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("cannot open kernel") {
+        harness::skip(
+            "no_permission_on_dev_kvm_is_a_one_line_error",
+            "the test kernel is not readable by nobody",
+        );
+        return;
+    }
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        "vmm: cannot open /dev/kvm: Permission denied (os error 13)"
+    );
+}

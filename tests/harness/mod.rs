@@ -1,0 +1,188 @@
+//! What the integration tests share: building guest programs, running the real `vmm` binary with a
+//! hard time limit, and saying so when a test cannot run on this host.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("vmm/ has a parent")
+        .to_path_buf()
+}
+
+/// Tells the person running the tests that `test` could not run here. Written straight to stderr,
+/// past libtest's capture, so the line shows even though the test then passes.
+pub fn skip(test: &str, why: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {why}");
+}
+
+/// Whether /dev/kvm can be opened; if not, reports the skip for `test`.
+pub fn kvm_or_skip(test: &str) -> bool {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => true,
+        Err(e) => {
+            skip(test, &format!("/dev/kvm is not usable: {e}"));
+            false
+        }
+    }
+}
+
+fn run_build(cmd: &mut Command, what: &str) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run the {what} build: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} build failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The Rust guest programs (resources/guests), built once per test process into
+/// target/guests/elf/NAME.elf. A separate target directory keeps the nested cargo off the lock
+/// of the build that runs these tests.
+pub fn guest(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let out = root().join("target/guests/elf");
+        let mut cmd = Command::new("bash");
+        cmd.arg(root().join("resources/guests/build.sh")).arg(&out);
+        // The guests are built for the host target by their own rules; nothing from this cargo run
+        // may leak into that build.
+        for var in [
+            "RUSTFLAGS",
+            "CARGO_ENCODED_RUSTFLAGS",
+            "CARGO_BUILD_TARGET",
+            "CARGO_TARGET_DIR",
+            "RUSTC_WRAPPER",
+        ] {
+            cmd.env_remove(var);
+        }
+        run_build(&mut cmd, "guest programs");
+        out
+    });
+    let path = dir.join(format!("{name}.elf"));
+    assert!(
+        path.exists(),
+        "guest program {} was not built",
+        path.display()
+    );
+    path
+}
+
+/// tests/data/multiboot-asm.S assembled and linked as an ELF32 multiboot kernel with binutils,
+/// i.e. built without any of this project's guest tooling.
+pub fn asm_guest() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let dir = root().join("target/test-guests");
+            std::fs::create_dir_all(&dir).expect("create target/test-guests");
+            let obj = dir.join("multiboot-asm.o");
+            let elf = dir.join("multiboot-asm.elf");
+            run_build(
+                Command::new("as")
+                    .arg("--32")
+                    .arg(root().join("tests/data/multiboot-asm.S"))
+                    .arg("-o")
+                    .arg(&obj),
+                "multiboot-asm (as)",
+            );
+            run_build(
+                Command::new("ld")
+                    .args(["-m", "elf_i386", "-Ttext=0x200000"])
+                    .arg(&obj)
+                    .arg("-o")
+                    .arg(&elf),
+                "multiboot-asm (ld)",
+            );
+            elf
+        })
+        .clone()
+}
+
+/// One finished run of the VMM.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit status (-1 if killed by a signal).
+    pub status: i32,
+    /// Everything on stdout (the guest's serial output).
+    pub stdout: String,
+    /// Everything on stderr.
+    pub stderr: String,
+}
+
+impl Run {
+    /// Asserts the exit status, showing the output when it differs.
+    pub fn expect_status(&self, status: i32) -> &Self {
+        assert_eq!(
+            self.status, status,
+            "unexpected exit status; run: {self:#?}"
+        );
+        self
+    }
+
+    /// Asserts that stdout has `line` as a whole line.
+    pub fn expect_line(&self, line: &str) -> &Self {
+        assert!(
+            self.stdout.lines().any(|l| l.trim_end() == line),
+            "no line {line:?} in: {self:#?}"
+        );
+        self
+    }
+}
+
+/// A hard limit on any one VMM run, far above what a test needs, so that a VMM bug cannot hang the
+/// suite; tests that need a shorter limit pass --timeout themselves.
+const HARD_LIMIT: Duration = Duration::from_secs(120);
+
+/// Runs the VMM with `args`, standard input closed, and waits for it.
+pub fn vmm(args: &[&str]) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start vmm");
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for vmm") {
+            break status;
+        }
+        if start.elapsed() > HARD_LIMIT {
+            let _ = child.kill();
+            break child.wait().expect("wait for killed vmm");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Run {
+        status: status.code().unwrap_or(-1),
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
+}

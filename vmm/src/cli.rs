@@ -1,0 +1,149 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// Exit statuses, documented in --help and the README.
+pub const EXIT_STATUS_HELP: &str = "\
+Exit status:
+  0      the guest powered off (ACPI S5) or reset (i8042, ACPI reset register)
+  odd    the guest wrote v to the exit port 0xf4: status (v << 1) | 1, so v = 0 gives 1 (PASS)
+  2      VMM error: bad option, unreadable or unrecognised kernel, no usable /dev/kvm
+  4      the guest crashed: triple fault, KVM internal error or failed entry (registers on stderr)
+  124    --timeout expired before the guest finished";
+
+/// A minimal KVM virtual machine monitor whose headline feature is an emulated Intel VT-d IOMMU.
+#[derive(Debug, Parser)]
+#[command(name = "vmm", version, after_help = EXIT_STATUS_HELP)]
+pub struct Cli {
+    /// Kernel to boot: a Linux bzImage, an ELF with a PVH entry note (e.g. vmlinux), or a multiboot
+    /// v1 kernel (e.g. a kernel unit-test binary). The format is detected from the file.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+
+    /// Initramfs for Linux; for a multiboot kernel, its first module.
+    #[arg(long, value_name = "PATH")]
+    pub initramfs: Option<PathBuf>,
+
+    /// Kernel command line.
+    #[arg(long, value_name = "STRING", default_value = "")]
+    pub cmdline: String,
+
+    /// Number of vCPUs (1-254).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=254))]
+    pub cpus: u8,
+
+    /// Guest RAM, with an optional K, M or G suffix (bytes without one). RAM beyond 3 GiB is placed
+    /// above 4 GiB, after the 32-bit MMIO hole.
+    #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = parse_size)]
+    pub memory: u64,
+
+    /// Where the guest's COM1 output goes: stdout, file=PATH, or off. With stdout, standard input is
+    /// the guest's serial input.
+    #[arg(long, value_name = "WHERE", default_value = "stdout", value_parser = parse_serial)]
+    pub serial: SerialOutput,
+
+    /// Stop the guest after this many seconds and exit with status 124.
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<f64>,
+}
+
+/// Destination of the guest's serial output.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SerialOutput {
+    /// The VMM's standard output (and standard input as the serial input).
+    Stdout,
+    /// A file, created or truncated.
+    File(PathBuf),
+    /// Discarded.
+    Off,
+}
+
+fn parse_serial(s: &str) -> Result<SerialOutput, String> {
+    match s {
+        "stdout" => Ok(SerialOutput::Stdout),
+        "off" => Ok(SerialOutput::Off),
+        _ => match s.strip_prefix("file=") {
+            Some(path) if !path.is_empty() => Ok(SerialOutput::File(path.into())),
+            _ => Err("expected stdout, off or file=PATH".into()),
+        },
+    }
+}
+
+/// Parses a size such as 4096, 64K, 512M or 6G (binary multiples).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (digits, shift) = match s.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&s[..i], 10),
+        Some((i, 'm' | 'M')) => (&s[..i], 20),
+        Some((i, 'g' | 'G')) => (&s[..i], 30),
+        _ => (s, 0),
+    };
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size such as 512M or 6G"))?;
+    let bytes = value
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("'{s}' is too large"))?;
+    if bytes < arch::layout::MIN_MEMORY {
+        return Err(format!("'{s}' is too small: the guest needs at least 2M"));
+    }
+    if bytes % 4096 != 0 {
+        return Err(format!("'{s}' is not a multiple of 4K"));
+    }
+    Ok(bytes)
+}
+
+impl Cli {
+    /// The timeout as a duration, refusing negative or absurd values.
+    pub fn timeout(&self) -> Result<Option<std::time::Duration>, String> {
+        self.timeout
+            .map(|t| {
+                std::time::Duration::try_from_secs_f64(t).map_err(|_| {
+                    format!("--timeout {t}: expected a non-negative number of seconds")
+                })
+            })
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("6G"), Ok(6 << 30));
+        assert_eq!(parse_size("4096k"), Ok(4 << 20));
+        assert_eq!(parse_size("4194304"), Ok(4 << 20));
+        for bad in ["", "M", "12X", "-1G", "1M", "99999999999999G", "4097K"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn serial_options() {
+        assert_eq!(parse_serial("stdout"), Ok(SerialOutput::Stdout));
+        assert_eq!(parse_serial("off"), Ok(SerialOutput::Off));
+        assert_eq!(
+            parse_serial("file=/tmp/x"),
+            Ok(SerialOutput::File("/tmp/x".into()))
+        );
+        assert!(parse_serial("file=").is_err());
+        assert!(parse_serial("tty").is_err());
+    }
+
+    #[test]
+    fn command_line_parses_and_rejects() {
+        let cli =
+            Cli::try_parse_from(["vmm", "--kernel", "k", "--cpus", "4", "--memory", "6G"]).unwrap();
+        assert_eq!((cli.cpus, cli.memory), (4, 6 << 30));
+        assert!(Cli::try_parse_from(["vmm", "--kernel", "k", "--cpus", "0"]).is_err());
+        assert!(Cli::try_parse_from(["vmm", "--kernel", "k", "--cpus", "255"]).is_err());
+        assert!(Cli::try_parse_from(["vmm"]).is_err());
+        let neg = Cli::try_parse_from(["vmm", "--kernel", "k", "--timeout", "-1"]).unwrap();
+        assert!(neg.timeout().is_err());
+    }
+}

@@ -1,0 +1,441 @@
+//! Assembling and running the VM: KVM, memory, boot, devices and vCPUs in one readable place.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arch::GuestMemoryMmap;
+use arch::layout::{self, MemoryLayout};
+use devices::Bus;
+use devices::legacy::{
+    ACPI_PM_LEN, AcpiPm, EXIT_PORT, EXIT_PORT_LEN, ExitPort, I8042, I8042_DATA_PORT, IrqTrigger,
+    Serial,
+};
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::{
+    KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+    KVM_PIT_SPEAKER_DUMMY, KvmIrqRouting, kvm_irq_routing_entry,
+    kvm_irq_routing_entry__bindgen_ty_1, kvm_irq_routing_irqchip, kvm_pit_config,
+    kvm_userspace_memory_region,
+};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
+
+use crate::cli::SerialOutput;
+use crate::console::{ExitWatcher, StdinInput, serial_output};
+use crate::outcome::{ExitLatch, Outcome};
+use crate::vcpu;
+
+/// What to run.
+#[derive(Debug)]
+pub struct VmConfig {
+    /// Kernel image.
+    pub kernel: PathBuf,
+    /// Initramfs or first multiboot module.
+    pub initramfs: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// vCPU count.
+    pub cpus: u8,
+    /// RAM in bytes.
+    pub memory: u64,
+    /// Serial output.
+    pub serial: SerialOutput,
+    /// Wall-clock limit.
+    pub timeout: Option<Duration>,
+}
+
+/// Errors that stop the VM from being built; each is one line for the user.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// /dev/kvm could not be opened.
+    #[error("cannot open /dev/kvm: {0}")]
+    OpenKvm(kvm_ioctls::Error),
+    /// KVM lacks something we rely on.
+    #[error("KVM lacks a required capability: {0:?}")]
+    MissingCap(Cap),
+    /// Too many vCPUs for this host.
+    #[error("--cpus {asked}: this host's KVM supports at most {max}")]
+    TooManyCpus {
+        /// Requested.
+        asked: u8,
+        /// KVM's limit.
+        max: usize,
+    },
+    /// A KVM ioctl failed while building the VM.
+    #[error("cannot {what}: {source}")]
+    Kvm {
+        /// What was being done.
+        what: &'static str,
+        /// The ioctl's error.
+        source: kvm_ioctls::Error,
+    },
+    /// Guest RAM could not be allocated.
+    #[error("cannot allocate {size} bytes of guest memory: {reason}")]
+    Memory {
+        /// Requested size.
+        size: u64,
+        /// Why not.
+        reason: String,
+    },
+    /// A file named on the command line could not be opened.
+    #[error("cannot open {what} '{path}': {source}")]
+    Open {
+        /// Its role.
+        what: &'static str,
+        /// Its path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The kernel could not be loaded.
+    #[error("{path}: {source}")]
+    Boot {
+        /// Kernel path.
+        path: PathBuf,
+        /// Why.
+        source: arch::boot::Error,
+    },
+    /// ACPI tables could not be built.
+    #[error(transparent)]
+    Acpi(#[from] arch::acpi::Error),
+    /// A vCPU could not be set up.
+    #[error(transparent)]
+    Vcpu(#[from] arch::regs::Error),
+    /// A device could not be placed on a bus.
+    #[error("cannot register a device: {0}")]
+    Bus(#[from] devices::BusError),
+    /// Something else at the host level.
+    #[error("{what}: {source}")]
+    Host {
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
+    move |source| Error::Kvm { what, source }
+}
+
+fn host_err(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Host { what, source }
+}
+
+const REQUIRED_CAPS: [Cap; 7] = [
+    Cap::Irqchip,
+    Cap::UserMemory,
+    Cap::SetTssAddr,
+    Cap::Pit2,
+    Cap::ExtCpuid,
+    Cap::IrqRouting,
+    Cap::Irqfd,
+];
+
+/// COM1's port range and ISA IRQ.
+const COM1_PORT: u64 = 0x3f8;
+const COM1_IRQ: u32 = 4;
+
+/// Builds the VM described by `config`, runs it to its end and returns how it ended.
+pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
+    let kvm = Kvm::new().map_err(Error::OpenKvm)?;
+    if let Some(cap) = REQUIRED_CAPS.iter().find(|c| !kvm.check_extension(**c)) {
+        return Err(Error::MissingCap(*cap));
+    }
+    let max_cpus = kvm.get_max_vcpus();
+    if usize::from(config.cpus) > max_cpus {
+        return Err(Error::TooManyCpus {
+            asked: config.cpus,
+            max: max_cpus,
+        });
+    }
+
+    let layout = MemoryLayout::new(config.memory);
+    let ranges: Vec<_> = layout
+        .ram_ranges()
+        .into_iter()
+        .map(|(base, size)| (vm_memory::GuestAddress(base), size as usize))
+        .collect();
+    let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::Memory {
+        size: config.memory,
+        reason: e.to_string(),
+    })?;
+
+    let vm = kvm.create_vm().map_err(kvm_err("create the VM"))?;
+    set_up_platform(&vm, &mem)?;
+
+    let tables = arch::acpi::Tables::build(usize::from(config.cpus), &[])?;
+    let rsdp = tables.write(&mem)?;
+    let entry = load_kernel(config, &mem, &layout, rsdp)?;
+
+    let wake = EventFd::new(EFD_NONBLOCK).map_err(host_err("create an event fd"))?;
+    let latch = Arc::new(ExitLatch::new(
+        wake.try_clone().map_err(host_err("clone an event fd"))?,
+    ));
+    let pio = Arc::new(Bus::new());
+    let mmio = Arc::new(Bus::new());
+    let serial = add_legacy_devices(&vm, &pio, &latch, &config.serial)?;
+
+    let supported = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("read the supported CPUID"))?;
+    let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
+    let mut vcpus = Vec::with_capacity(usize::from(config.cpus));
+    for index in 0..config.cpus {
+        let vcpu = vm
+            .create_vcpu(u64::from(index))
+            .map_err(kvm_err("create a vCPU"))?;
+        let cpuid = arch::cpuid::vcpu_cpuid(&supported, index, config.cpus, tsc_deadline);
+        vcpu.set_cpuid2(&cpuid)
+            .map_err(kvm_err("set the CPU model"))?;
+        arch::regs::set_power_on_state(&vcpu)?;
+        if index == 0 {
+            arch::regs::set_boot_entry(&vcpu, &entry)?;
+        }
+        vcpus.push(vcpu);
+    }
+
+    // The kick signal only needs to interrupt KVM_RUN; its handler does nothing.
+    extern "C" fn kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+    register_signal_handler(SIGRTMIN(), kick)
+        .map_err(|e| host_err("install the vCPU kick signal handler")(e.into()))?;
+
+    let shared = vcpu::Shared {
+        pio,
+        mmio,
+        latch: latch.clone(),
+    };
+    let mut threads = Vec::with_capacity(vcpus.len());
+    for (index, fd) in vcpus.into_iter().enumerate() {
+        let shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("vcpu{index}"))
+            .spawn(move || vcpu::run(index, fd, shared))
+            .map_err(host_err("start a vCPU thread"));
+        match thread {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                latch.set(Outcome::Error(e.to_string()));
+                stop_vcpus(threads);
+                return Err(e);
+            }
+        }
+    }
+
+    let outcome = wait_for_end(&latch, wake, serial, &config.serial, config.timeout);
+    let positions = stop_vcpus(threads);
+    if outcome == Outcome::Timeout {
+        for p in positions {
+            eprintln!("vmm:   {p}");
+        }
+    }
+    Ok(outcome)
+}
+
+/// Memory slots, the in-kernel LAPIC/IOAPIC/PIC and PIT, and PC interrupt routing.
+fn set_up_platform(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), Error> {
+    for (slot, region) in mem.iter().enumerate() {
+        let region = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mapping owned by `mem`, which outlives the VM: `run` declares
+        // `mem` before `vm`, so the VM is closed first.
+        unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("register guest memory"))?;
+    }
+    vm.set_tss_address(layout::KVM_TSS_ADDR as usize)
+        .map_err(kvm_err("set the TSS address"))?;
+    vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDR)
+        .map_err(kvm_err("set the identity map address"))?;
+    vm.create_irq_chip()
+        .map_err(kvm_err("create the in-kernel irqchip"))?;
+    vm.create_pit2(kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    })
+    .map_err(kvm_err("create the in-kernel PIT"))?;
+    vm.set_gsi_routing(&pc_irq_routing())
+        .map_err(kvm_err("set interrupt routing"))
+}
+
+/// GSIs 0-15 to the two 8259s and 0-23 to the IOAPIC pins, except that GSI 0 (the PIT) goes to IOAPIC
+/// pin 2, as the MADT's interrupt source override tells the guest.
+fn pc_irq_routing() -> KvmIrqRouting {
+    let route = |gsi: u32, irqchip: u32, pin: u32| kvm_irq_routing_entry {
+        gsi,
+        type_: KVM_IRQ_ROUTING_IRQCHIP,
+        u: kvm_irq_routing_entry__bindgen_ty_1 {
+            irqchip: kvm_irq_routing_irqchip { irqchip, pin },
+        },
+        ..Default::default()
+    };
+    let mut entries = Vec::with_capacity(40);
+    for gsi in 0..16 {
+        if gsi != 2 {
+            let chip = if gsi < 8 {
+                KVM_IRQCHIP_PIC_MASTER
+            } else {
+                KVM_IRQCHIP_PIC_SLAVE
+            };
+            entries.push(route(gsi, chip, gsi % 8));
+        }
+    }
+    for gsi in 0..24 {
+        entries.push(route(
+            gsi,
+            KVM_IRQCHIP_IOAPIC,
+            if gsi == 0 { 2 } else { gsi },
+        ));
+    }
+    // 38 entries: far below KVM_MAX_IRQ_ROUTES, so from_entries cannot fail.
+    KvmIrqRouting::from_entries(&entries).unwrap_or_else(|_| unreachable!("38 routes fit"))
+}
+
+fn load_kernel(
+    config: &VmConfig,
+    mem: &GuestMemoryMmap,
+    layout: &MemoryLayout,
+    rsdp: u64,
+) -> Result<arch::boot::BootEntry, Error> {
+    let open = |what, path: &Path| {
+        File::open(path).map_err(|source| Error::Open {
+            what,
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let mut kernel = open("kernel", &config.kernel)?;
+    let mut initramfs = config
+        .initramfs
+        .as_deref()
+        .map(|p| open("initramfs", p))
+        .transpose()?;
+    let name = config
+        .initramfs
+        .as_deref()
+        .and_then(Path::file_name)
+        .and_then(|n| n.to_str())
+        .unwrap_or("initramfs");
+    let image = arch::boot::KernelImage {
+        kernel: &mut kernel,
+        initramfs: initramfs.as_mut().map(|f| (f, name)),
+        cmdline: &config.cmdline,
+    };
+    arch::boot::load(mem, layout, image, rsdp).map_err(|source| Error::Boot {
+        path: config.kernel.clone(),
+        source,
+    })
+}
+
+/// COM1, the i8042, the exit port and the ACPI sleep/reset registers, on the port-I/O bus.
+fn add_legacy_devices(
+    vm: &VmFd,
+    pio: &Bus,
+    latch: &Arc<ExitLatch>,
+    serial_out: &SerialOutput,
+) -> Result<Arc<Mutex<Serial>>, Error> {
+    let irq = EventFd::new(EFD_NONBLOCK).map_err(host_err("create an event fd"))?;
+    vm.register_irqfd(&irq, COM1_IRQ)
+        .map_err(kvm_err("wire the serial interrupt"))?;
+    let out = serial_output(serial_out).map_err(|source| match serial_out {
+        SerialOutput::File(path) => Error::Open {
+            what: "serial output",
+            path: path.clone(),
+            source,
+        },
+        _ => Error::Host {
+            what: "open the serial output",
+            source,
+        },
+    })?;
+    let serial = Arc::new(Mutex::new(Serial::new(IrqTrigger(irq), out)));
+    pio.insert(COM1_PORT, 8, serial.clone())?;
+
+    let exit: Arc<dyn devices::ExitSink> = latch.clone();
+    let i8042 = Arc::new(Mutex::new(I8042::new(exit.clone())));
+    pio.insert(I8042_DATA_PORT, 1, i8042.clone())?;
+    pio.insert(I8042_DATA_PORT + 4, 1, i8042)?;
+    pio.insert(
+        EXIT_PORT,
+        EXIT_PORT_LEN,
+        Arc::new(Mutex::new(ExitPort::new(exit.clone()))),
+    )?;
+    pio.insert(
+        u64::from(arch::acpi::ACPI_PM_PORT),
+        ACPI_PM_LEN,
+        Arc::new(Mutex::new(AcpiPm::new(exit))),
+    )?;
+    Ok(serial)
+}
+
+/// Runs the event loop (console input, the exit event) until the VM's outcome is set or the
+/// timeout expires.
+fn wait_for_end(
+    latch: &ExitLatch,
+    wake: EventFd,
+    serial: Arc<Mutex<Serial>>,
+    serial_out: &SerialOutput,
+    timeout: Option<Duration>,
+) -> Outcome {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut events = match EventManager::<Box<dyn MutEventSubscriber + Send>>::new() {
+        Ok(em) => em,
+        Err(e) => return Outcome::Error(format!("cannot create the event loop: {e:?}")),
+    };
+    events.add_subscriber(Box::new(ExitWatcher::new(wake)));
+    if *serial_out == SerialOutput::Stdout {
+        events.add_subscriber(Box::new(StdinInput::new(serial)));
+    }
+    loop {
+        if let Some(outcome) = latch.get() {
+            return outcome;
+        }
+        let wait_ms = match deadline {
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    latch.set(Outcome::Timeout);
+                    continue;
+                }
+                i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX)
+            }
+            None => -1,
+        };
+        if let Err(e) = events.run_with_timeout(wait_ms) {
+            latch.set(Outcome::Error(format!("event loop failed: {e:?}")));
+        }
+    }
+}
+
+/// Stops every vCPU thread once the outcome is set: signals each thread until it leaves KVM_RUN (a
+/// signal that lands just before KVM_RUN is entered is lost, hence the repetition). Returns where
+/// each vCPU stopped.
+fn stop_vcpus(threads: Vec<JoinHandle<String>>) -> Vec<String> {
+    let give_up = Instant::now() + Duration::from_secs(10);
+    while threads.iter().any(|t| !t.is_finished()) && Instant::now() < give_up {
+        for t in threads.iter().filter(|t| !t.is_finished()) {
+            let _ = t.kill(SIGRTMIN());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    threads
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            if t.is_finished() {
+                t.join()
+                    .unwrap_or_else(|_| format!("vCPU {i} thread panicked"))
+            } else {
+                format!("vCPU {i} did not stop")
+            }
+        })
+        .collect()
+}
