@@ -3,7 +3,7 @@
 
 mod harness;
 
-use harness::{asm_guest, kvm_or_skip, vmm};
+use harness::{asm_kernel, kvm_or_skip, scratch_file, vmm};
 
 /// The exit status for a guest verdict v written to port 0xf4.
 fn verdict(v: i32) -> i32 {
@@ -15,7 +15,7 @@ fn multiboot_kernel_built_elsewhere_returns_its_verdict() {
     if !kvm_or_skip("multiboot_kernel_built_elsewhere_returns_its_verdict") {
         return;
     }
-    let k = asm_guest();
+    let k = asm_kernel("multiboot-asm");
     let k = k.to_str().unwrap();
     vmm(&["--kernel", k, "--cmdline", "exit=0"])
         .expect_status(verdict(0))
@@ -39,7 +39,7 @@ fn poweroff_and_reset_end_the_vm_with_status_zero() {
     if !kvm_or_skip("poweroff_and_reset_end_the_vm_with_status_zero") {
         return;
     }
-    let k = asm_guest();
+    let k = asm_kernel("multiboot-asm");
     for cmd in ["poweroff", "reset"] {
         let run = vmm(&[
             "--kernel",
@@ -61,7 +61,7 @@ fn triple_fault_is_a_crash_with_registers() {
     }
     let run = vmm(&[
         "--kernel",
-        asm_guest().to_str().unwrap(),
+        asm_kernel("multiboot-asm").to_str().unwrap(),
         "--cmdline",
         "crash",
         "--cpus",
@@ -89,7 +89,7 @@ fn timeout_stops_every_vcpu_of_a_hung_guest() {
     if !kvm_or_skip("timeout_stops_every_vcpu_of_a_hung_guest") {
         return;
     }
-    let k = asm_guest();
+    let k = asm_kernel("multiboot-asm");
     let run = vmm(&[
         "--kernel",
         k.to_str().unwrap(),
@@ -113,6 +113,65 @@ fn timeout_stops_every_vcpu_of_a_hung_guest() {
     }
 }
 
+#[test]
+fn pvh_kernel_gets_start_info_cmdline_rsdp_memmap_and_module() {
+    if !kvm_or_skip("pvh_kernel_gets_start_info_cmdline_rsdp_memmap_and_module") {
+        return;
+    }
+    let k = asm_kernel("pvh-asm");
+    let module = scratch_file("pvh-module", b"first module\n\0");
+    for memory in ["256M", "6G"] {
+        vmm(&[
+            "--kernel",
+            k.to_str().unwrap(),
+            "--cmdline",
+            "console=ttyS0 pvh",
+            "--memory",
+            memory,
+        ])
+        .expect_status(verdict(0))
+        .expect_line("pvh-asm: cmdline: console=ttyS0 pvh")
+        .expect_line("pvh-asm: done");
+    }
+    vmm(&[
+        "--kernel",
+        k.to_str().unwrap(),
+        "--initramfs",
+        module.to_str().unwrap(),
+    ])
+    .expect_status(verdict(0))
+    .expect_line("pvh-asm: module: first module");
+    std::fs::remove_file(module).unwrap();
+}
+
+#[test]
+fn bzimage_64bit_entry_gets_zero_page_cmdline_e820_rsdp_and_initramfs() {
+    if !kvm_or_skip("bzimage_64bit_entry_gets_zero_page_cmdline_e820_rsdp_and_initramfs") {
+        return;
+    }
+    let k = asm_kernel("bzimage-asm");
+    let initrd = scratch_file("bz-initrd", b"initramfs contents\n\0");
+    for (memory, cpus) in [("128M", "1"), ("6G", "2")] {
+        vmm(&[
+            "--kernel",
+            k.to_str().unwrap(),
+            "--cmdline",
+            "root=/dev/vda quiet",
+            "--memory",
+            memory,
+            "--cpus",
+            cpus,
+            "--initramfs",
+            initrd.to_str().unwrap(),
+        ])
+        .expect_status(verdict(0))
+        .expect_line("bzimage-asm: cmdline: root=/dev/vda quiet")
+        .expect_line("bzimage-asm: initramfs: initramfs contents")
+        .expect_line("bzimage-asm: done");
+    }
+    std::fs::remove_file(initrd).unwrap();
+}
+
 /// Every bad input gets exactly one line on stderr, naming the problem, and status 2.
 #[test]
 fn bad_input_gets_a_one_line_error() {
@@ -123,6 +182,12 @@ fn bad_input_gets_a_one_line_error() {
     let unreadable = dir.join("unreadable");
     std::fs::write(&unreadable, b"x").unwrap();
     let garbage = garbage.to_str().unwrap();
+    let big = dir.join("big-initramfs");
+    std::fs::write(&big, vec![0u8; 8 << 20]).unwrap();
+    let big = big.to_str().unwrap().to_owned();
+    let pvh = asm_kernel("pvh-asm").to_str().unwrap().to_owned();
+    let bz = asm_kernel("bzimage-asm").to_str().unwrap().to_owned();
+    let long_cmdline = "x".repeat(3000);
     let dirname = dir.to_str().unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
@@ -172,7 +237,7 @@ fn no_permission_on_dev_kvm_is_a_one_line_error() {
         );
         return;
     }
-    let k = asm_guest();
+    let k = asm_kernel("multiboot-asm");
     let vmm = env!("CARGO_BIN_EXE_vmm");
     // setpriv is in util-linux, present on every Debian system.
     let out = std::process::Command::new("setpriv")

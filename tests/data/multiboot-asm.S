@@ -76,25 +76,7 @@ bad_magic:
         mov $7, %eax
         jmp out
 
-/* print the NUL-terminated string at %esi */
-puts:   push %eax
-        push %edx
-1:      movb (%esi), %al
-        test %al, %al
-        jz 3f
-        mov $0x3fd, %dx
-2:      push %eax
-        inb %dx, %al
-        test $0x20, %al
-        pop %eax
-        jz 2b
-        mov $0x3f8, %dx
-        outb %al, %dx
-        inc %esi
-        jmp 1b
-3:      pop %edx
-        pop %eax
-        ret
+        .include "serial.inc"
 
         .section .data
 empty_idt:  .word 0

@@ -82,35 +82,64 @@ pub fn guest(name: &str) -> PathBuf {
     path
 }
 
-/// tests/data/multiboot-asm.S assembled and linked as an ELF32 multiboot kernel with binutils,
-/// i.e. built without any of this project's guest tooling.
-pub fn asm_guest() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let dir = root().join("target/test-guests");
-            std::fs::create_dir_all(&dir).expect("create target/test-guests");
-            let obj = dir.join("multiboot-asm.o");
-            let elf = dir.join("multiboot-asm.elf");
-            run_build(
-                Command::new("as")
-                    .arg("--32")
-                    .arg(root().join("tests/data/multiboot-asm.S"))
-                    .arg("-o")
-                    .arg(&obj),
-                "multiboot-asm (as)",
-            );
-            run_build(
-                Command::new("ld")
-                    .args(["-m", "elf_i386", "-Ttext=0x200000"])
-                    .arg(&obj)
-                    .arg("-o")
-                    .arg(&elf),
-                "multiboot-asm (ld)",
-            );
-            elf
-        })
-        .clone()
+/// A test kernel from tests/data/NAME.S, assembled with binutils, i.e. built without any of this
+/// project's guest tooling: `multiboot-asm` (ELF32 multiboot), `pvh-asm` (ELF64 with a PVH note) or
+/// `bzimage-asm` (a bzImage).
+pub fn asm_kernel(name: &str) -> PathBuf {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _serialise = LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = root().join("target/test-guests");
+    std::fs::create_dir_all(&dir).expect("create target/test-guests");
+    let data = root().join("tests/data");
+    let obj = dir.join(format!("{name}.o"));
+    let out = dir.join(format!("{name}.img"));
+    let bits = if name == "multiboot-asm" {
+        "--32"
+    } else {
+        "--64"
+    };
+    run_build(
+        Command::new("as")
+            .arg(bits)
+            .arg("-I")
+            .arg(&data)
+            .arg(data.join(format!("{name}.S")))
+            .arg("-o")
+            .arg(&obj),
+        &format!("{name} (as)"),
+    );
+    let mut link = Command::new(if name == "bzimage-asm" {
+        "objcopy"
+    } else {
+        "ld"
+    });
+    match name {
+        "multiboot-asm" => link
+            .args(["-m", "elf_i386", "-Ttext=0x200000"])
+            .arg(&obj)
+            .arg("-o")
+            .arg(&out),
+        "pvh-asm" => link
+            .args(["-m", "elf_x86_64", "-Ttext=0x200000"])
+            .arg(&obj)
+            .arg("-o")
+            .arg(&out),
+        _ => link
+            .args(["-O", "binary", "-j", ".text"])
+            .arg(&obj)
+            .arg(&out),
+    };
+    run_build(&mut link, &format!("{name} (link)"));
+    out
+}
+
+/// A scratch file holding `contents`, unique to this test process and `name`.
+pub fn scratch_file(name: &str, contents: &[u8]) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("vmm-test-{}-{name}", std::process::id()));
+    std::fs::write(&path, contents).expect("write scratch file");
+    path
 }
 
 /// One finished run of the VMM.
