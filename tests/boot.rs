@@ -1,6 +1,8 @@
 //! Booting guests through the real `vmm` binary: boot protocols, exit statuses, crashes, timeouts
 //! and bad input.
 
+#![allow(clippy::indexing_slicing)]
+
 mod harness;
 
 use harness::{asm_kernel, kvm_or_skip, scratch_file, vmm};
@@ -196,7 +198,7 @@ fn bad_input_gets_a_one_line_error() {
         ),
         (vec!["--kernel", garbage], "unrecognised kernel image"),
         (vec!["--kernel", dirname], "Is a directory"),
-        (vec!["--kernel", "/bin/true"], "not a bootable ELF kernel"),
+        (vec!["--kernel", "/bin/true"], "cannot load ELF kernel"),
         (
             vec!["--kernel", garbage, "--memory", "12X"],
             "'12X' is not a size",
@@ -209,6 +211,14 @@ fn bad_input_gets_a_one_line_error() {
         (
             vec!["--kernel", garbage, "--initramfs", "/nonexistent/initrd"],
             "cannot open initramfs",
+        ),
+        (
+            vec!["--kernel", &pvh, "--memory", "6M", "--initramfs", &big],
+            "does not fit in guest RAM",
+        ),
+        (
+            vec!["--kernel", &bz, "--cmdline", &long_cmdline],
+            "this kernel accepts at most 2047",
         ),
     ];
     for (args, needle) in cases {

@@ -238,7 +238,9 @@ impl Tables {
         }
         let xsdt_addr = place(&mut image, &to_bytes(&xsdt));
         let rsdp = to_bytes(&Rsdp::new(OEM_ID, xsdt_addr));
-        image[..rsdp.len()].copy_from_slice(&rsdp);
+        if let Some(head) = image.get_mut(..rsdp.len()) {
+            head.copy_from_slice(&rsdp);
+        }
         if image.len() as u64 > ACPI_END - ACPI_START {
             return Err(Error::TooLarge(image.len()));
         }

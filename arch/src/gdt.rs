@@ -29,7 +29,7 @@ pub const GDT: [u64; 4] = [
 
 /// The KVM segment register for the descriptor `selector` refers to in [`GDT`].
 pub fn segment(selector: u16) -> kvm_segment {
-    let entry = GDT[usize::from(selector >> 3) % GDT.len()];
+    let entry = GDT.get(usize::from(selector >> 3)).copied().unwrap_or(0);
     let base = ((entry >> 16) & 0xff_ffff) | ((entry >> 32) & 0xff00_0000);
     let limit = (entry & 0xffff) | ((entry >> 32) & 0xf_0000);
     let g = ((entry >> 55) & 1) as u8;

@@ -1,6 +1,8 @@
 //! The x86_64 platform: where things live in guest-physical memory, how each boot protocol hands
 //! control to a kernel, the CPU model every vCPU gets, and the ACPI tables that describe the machine.
 
+#![cfg_attr(test, allow(clippy::indexing_slicing))]
+
 pub mod acpi;
 pub mod boot;
 pub mod cpuid;

@@ -158,8 +158,13 @@ fn set_lint_pins(vcpu: &VcpuFd) -> Result<(), Error> {
         (APIC_LVT_LINT0, DELIVERY_EXTINT),
         (APIC_LVT_LINT1, DELIVERY_NMI),
     ] {
-        let reg = &mut lapic.regs[offset..offset + 4];
-        let bytes: [u8; 4] = std::array::from_fn(|i| reg[i] as u8);
+        let Some(reg) = lapic.regs.get_mut(offset..offset + 4) else {
+            continue;
+        };
+        let mut bytes = [0u8; 4];
+        for (dst, src) in bytes.iter_mut().zip(reg.iter()) {
+            *dst = *src as u8;
+        }
         let value = (u32::from_le_bytes(bytes) & !DELIVERY_MODE_MASK) | mode;
         for (dst, src) in reg.iter_mut().zip(value.to_le_bytes()) {
             *dst = src as _;

@@ -62,10 +62,10 @@ impl Bus {
             .ok_or(BusError::BadRange { base, len })?;
         let mut ranges = self.ranges.write().unwrap_or_else(PoisonError::into_inner);
         let before = ranges.range(..end).next_back();
-        if let Some((b, e)) = before {
-            if b.saturating_add(e.len) > base {
-                return Err(BusError::Overlap { base, len });
-            }
+        if let Some((b, e)) = before
+            && b.saturating_add(e.len) > base
+        {
+            return Err(BusError::Overlap { base, len });
         }
         ranges.insert(base, Entry { len, device });
         Ok(())

@@ -143,7 +143,7 @@ mod tests {
         assert!(Cli::try_parse_from(["vmm", "--kernel", "k", "--cpus", "0"]).is_err());
         assert!(Cli::try_parse_from(["vmm", "--kernel", "k", "--cpus", "255"]).is_err());
         assert!(Cli::try_parse_from(["vmm"]).is_err());
-        let neg = Cli::try_parse_from(["vmm", "--kernel", "k", "--timeout", "-1"]).unwrap();
+        let neg = Cli::try_parse_from(["vmm", "--kernel", "k", "--timeout=-1"]).unwrap();
         assert!(neg.timeout().is_err());
     }
 }

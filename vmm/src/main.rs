@@ -1,5 +1,7 @@
 //! `vmm`: boots a kernel in a KVM virtual machine and exits with the guest's verdict.
 
+#![cfg_attr(test, allow(clippy::indexing_slicing))]
+
 mod cli;
 mod console;
 mod outcome;

@@ -77,15 +77,16 @@ const PAGE_SIZE_2M: u64 = 1 << 7;
 fn write_identity_map(mem: &GuestMemoryMmap) -> Result<(), Error> {
     let pdpt = PML4_ADDR + 0x1000;
     let pd = pdpt + 0x1000;
-    let mut tables = vec![0u64; 6 * 512];
-    tables[0] = pdpt | PRESENT | WRITABLE;
-    for i in 0..4u64 {
-        tables[512 + i as usize] = (pd + i * 0x1000) | PRESENT | WRITABLE;
-    }
-    for (i, entry) in tables[1024..].iter_mut().enumerate() {
-        *entry = ((i as u64) << 21) | PRESENT | WRITABLE | PAGE_SIZE_2M;
-    }
-    let bytes: Vec<u8> = tables.iter().flat_map(|e| e.to_le_bytes()).collect();
+    let pml4 = std::iter::once(pdpt | PRESENT | WRITABLE).chain(std::iter::repeat_n(0, 511));
+    let pdpt = (0..4u64)
+        .map(|i| (pd + i * 0x1000) | PRESENT | WRITABLE)
+        .chain(std::iter::repeat_n(0, 508));
+    let pds = (0..4 * 512u64).map(|i| (i << 21) | PRESENT | WRITABLE | PAGE_SIZE_2M);
+    let bytes: Vec<u8> = pml4
+        .chain(pdpt)
+        .chain(pds)
+        .flat_map(u64::to_le_bytes)
+        .collect();
     mem.write_slice(&bytes, GuestAddress(PML4_ADDR))?;
     Ok(())
 }

@@ -74,7 +74,9 @@ pub enum Error {
     #[error("ELF kernel has neither a PVH entry note nor a multiboot header")]
     ElfWithoutEntry,
     /// An ELF that linux-loader cannot load as a PVH kernel.
-    #[error("not a bootable ELF kernel (it needs a PVH entry note or a multiboot header): {0}")]
+    #[error(
+        "cannot load ELF kernel (it needs a PVH entry note or a multiboot header, and its segments must fit in guest RAM): {0}"
+    )]
     NotBootableElf(linux_loader::loader::Error),
     /// linux-loader refused the image.
     #[error("cannot load kernel: {0}")]

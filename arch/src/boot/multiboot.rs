@@ -60,7 +60,7 @@ fn u64_at(bytes: &[u8], offset: usize) -> Option<u64> {
 /// Finds a valid header (magic, and flags and checksum summing to zero) on a 4-byte boundary in
 /// the first 8 KiB.
 pub(super) fn find_header(image: &[u8]) -> Option<Header> {
-    let window = &image[..image.len().min(MULTIBOOT_SEARCH)];
+    let window = image.get(..MULTIBOOT_SEARCH).unwrap_or(image);
     (0..window.len()).step_by(4).find_map(|offset| {
         let magic = u32_at(window, offset)?;
         let flags = u32_at(window, offset + 4)?;

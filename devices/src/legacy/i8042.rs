@@ -56,10 +56,10 @@ impl BusDevice for I8042 {
     }
 
     fn write(&mut self, base: u64, offset: u64, data: &[u8]) {
-        if let (Some(&value), Some(reg)) = (data.first(), Self::register(base, offset)) {
-            if let Err(e) = self.inner.write(reg, value) {
-                debug!("i8042 write failed: {e:?}");
-            }
+        if let (Some(&value), Some(reg)) = (data.first(), Self::register(base, offset))
+            && let Err(e) = self.inner.write(reg, value)
+        {
+            debug!("i8042 write failed: {e:?}");
         }
     }
 }

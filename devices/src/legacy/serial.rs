@@ -58,10 +58,10 @@ impl BusDevice for Serial {
     }
 
     fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
-        if let (Some(&value), Ok(reg)) = (data.first(), u8::try_from(offset)) {
-            if let Err(e) = self.uart.write(reg, value) {
-                debug!("serial write failed: {e:?}");
-            }
+        if let (Some(&value), Ok(reg)) = (data.first(), u8::try_from(offset))
+            && let Err(e) = self.uart.write(reg, value)
+        {
+            debug!("serial write failed: {e:?}");
         }
     }
 }
