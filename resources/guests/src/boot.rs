@@ -12,6 +12,19 @@
 //! paging with the compile-time tables at 0x101000, enables long mode,
 //! loads segments, TR and IDTR, sets TSS.RSP0 and `iretq`s to
 //! `guest_rust_start` at CPL3 with IOPL=3 and IF=0.
+//!
+//! Port I/O and `cli`/`sti` at CPL3 normally just work through IOPL=3. On
+//! hypervisors that run guest ring 3 natively with the hardware IOPL forced
+//! to 0 (kvm_pvm), `in`/`out` fault and are emulated by KVM, which then
+//! consults the TSS I/O bitmap (all ports allowed, see `rt::sys`), and
+//! `cli`/`sti` raise #GP, which the #GP handler below emulates.
+//!
+//! Interrupt vectors (IDT filled from ring 3 by `rt::sys::fill_idt`, each
+//! stub 16 bytes at `guest_isr_stubs + 16 * vector`):
+//! - 0..31: print `guest: exception V error E rip R cr2 C` on COM1, write 3
+//!   to the exit port, halt. (#GP first checks for a ring-3 `cli`/`sti`.)
+//! - 32..254: increment `IRQ_COUNTS[vector]`, LAPIC EOI, `iretq`.
+//! - 255 (LAPIC spurious): `iretq`.
 
 use crate::rt::sys;
 
@@ -124,12 +137,16 @@ guest_isr_stubs:
     .set guest_vec, 0
     .rept 32
     .balign 16
+    .if guest_vec == 13
+    jmp guest_gp_handler
+    .else
     .if (guest_vec == 8) || ((guest_vec >= 10) && (guest_vec <= 14)) || (guest_vec == 17) || (guest_vec == 21) || (guest_vec == 29) || (guest_vec == 30)
     .else
     pushq $0                    /* no CPU error code: push a dummy one */
     .endif
     pushq $guest_vec
     jmp guest_exception_common
+    .endif
     .set guest_vec, guest_vec + 1
     .endr
     .rept 223
@@ -148,6 +165,31 @@ guest_irq_common:
     movl $0xfee000b0, %eax      /* LAPIC EOI */
     movl $0, (%rax)
     popq %rax
+    iretq
+
+/* #GP: [rsp] = error code, [rsp+8] = rip, [rsp+16] = cs, [rsp+24] = rflags.
+   A `cli` (0xfa) or `sti` (0xfb) at CPL3 that faulted is emulated: some
+   hypervisors (kvm_pvm) run ring 3 natively with the hardware IOPL forced to
+   0, so these raise #GP despite the guest's IOPL=3. Anything else is fatal. */
+guest_gp_handler:
+    testb $3, 16(%rsp)
+    jz 2f
+    pushq %rax
+    movq 16(%rsp), %rax
+    movb (%rax), %al
+    cmpb $0xfa, %al
+    je 3f
+    cmpb $0xfb, %al
+    je 4f
+    popq %rax
+2:  pushq $13
+    jmp guest_exception_common
+3:  andq $~0x200, 32(%rsp)
+    jmp 5f
+4:  orq $0x200, 32(%rsp)
+5:  incq 16(%rsp)
+    popq %rax
+    addq $8, %rsp
     iretq
 
 /* [rsp] = vector, [rsp+8] = error code, [rsp+16] = rip */

@@ -1,4 +1,5 @@
-//! The fixed-address system tables (page tables, IDT, GDT, TSS) and the
+//! The fixed-address system tables (page tables, IDT, GDT, TSS + I/O
+//! bitmap) and the
 //! statics shared with the ring-0 assembly in `boot.rs`.
 //!
 //! Everything here except the IDT gates is computed at compile time, so the
@@ -24,6 +25,13 @@ pub const IDT_ADDR: u64 = SYSTABLES_ADDR + 0x6000;
 pub const GDT_ADDR: u64 = SYSTABLES_ADDR + 0x7000;
 /// 64-bit TSS (104 bytes); RSP0 at offset 4.
 pub const TSS_ADDR: u64 = GDT_ADDR + 0x80;
+/// Size of the 64-bit TSS proper.
+pub const TSS_SIZE: usize = 104;
+/// I/O permission bitmap: one bit per port (all clear = all ports allowed),
+/// followed by the required 0xff byte. It sits right after the TSS.
+pub const IOMAP_SIZE: usize = 8192 + 1;
+/// Total size of the system tables.
+pub const SYSTABLES_SIZE: usize = 0xa000;
 
 /// Number of GDT slots (8 bytes each).
 pub const GDT_ENTRIES: usize = 8;
@@ -61,9 +69,12 @@ pub struct SysTables {
     pub pd: [[u64; 512]; 4],
     pub idt: [u64; 512],
     pub gdt: [u64; 16],
-    pub tss: [u32; 26],
-    _pad: [u8; 4096 - 16 * 8 - 26 * 4],
+    pub tss: [u32; TSS_SIZE / 4],
+    pub iomap: [u8; IOMAP_SIZE],
+    _pad: [u8; PAD],
 }
+
+const PAD: usize = SYSTABLES_SIZE - 0x7000 - 16 * 8 - TSS_SIZE - IOMAP_SIZE;
 
 const fn tss_descriptor_low(base: u64, limit: u64) -> u64 {
     (limit & 0xffff)
@@ -81,8 +92,9 @@ impl SysTables {
             pd: [[0; 512]; 4],
             idt: [0; 512],
             gdt: [0; 16],
-            tss: [0; 26],
-            _pad: [0; 4096 - 16 * 8 - 26 * 4],
+            tss: [0; TSS_SIZE / 4],
+            iomap: [0; IOMAP_SIZE],
+            _pad: [0; PAD],
         };
         let table = PTE_P | PTE_W | PTE_U;
         t.pml4[0] = PDPT_ADDR | table;
@@ -104,11 +116,17 @@ impl SysTables {
         t.gdt[2] = 0x00cf_9200_0000_ffff; // 0x10 kernel data
         t.gdt[3] = 0x00af_fa00_0000_ffff; // 0x18 user code, 64-bit, DPL3
         t.gdt[4] = 0x00cf_f200_0000_ffff; // 0x20 user data, DPL3
-        t.gdt[5] = tss_descriptor_low(TSS_ADDR, 104 - 1); // 0x28 TSS (16 bytes)
+        // 0x28: TSS (16 bytes), limit covering the I/O bitmap.
+        t.gdt[5] = tss_descriptor_low(TSS_ADDR, (TSS_SIZE + IOMAP_SIZE - 1) as u64);
         t.gdt[6] = TSS_ADDR >> 32;
         t.gdt[7] = 0x00cf_9a00_0000_ffff; // 0x38 kernel code, 32-bit (AP trampoline)
-        // I/O map base (offset 102) beyond the limit: no I/O bitmap (IOPL=3 anyway).
-        t.tss[25] = 104 << 16;
+        // I/O map base (offset 102): the bitmap right after the TSS. All
+        // ports are allowed there too, not only through IOPL=3: some
+        // hypervisors (e.g. kvm_pvm, which runs ring 3 natively with the
+        // hardware IOPL forced to 0) emulate a faulting `in`/`out` and then
+        // consult the TSS bitmap rather than the guest's IOPL.
+        t.tss[25] = (TSS_SIZE as u32) << 16;
+        t.iomap[IOMAP_SIZE - 1] = 0xff;
         t
     }
 }
@@ -118,7 +136,7 @@ impl SysTables {
 #[unsafe(link_section = ".systables")]
 pub static GUEST_SYSTABLES: Racy<SysTables> = Racy::new(SysTables::new());
 
-const _: () = assert!(core::mem::size_of::<SysTables>() == 0x8000);
+const _: () = assert!(core::mem::size_of::<SysTables>() == SYSTABLES_SIZE);
 const _: () = assert!(core::mem::offset_of!(SysTables, idt) as u64 == IDT_ADDR - SYSTABLES_ADDR);
 const _: () = assert!(core::mem::offset_of!(SysTables, gdt) as u64 == GDT_ADDR - SYSTABLES_ADDR);
 const _: () = assert!(core::mem::offset_of!(SysTables, tss) as u64 == TSS_ADDR - SYSTABLES_ADDR);
@@ -146,7 +164,8 @@ pub static AP_STACKS: Stack<{ MAX_APIC_IDS << AP_STACK_SHIFT }> = Stack::new();
 /// vectors 32..=254.
 pub static IRQ_COUNTS: [AtomicU32; 256] = [const { AtomicU32::new(0) }; 256];
 /// Bit `id` is set by the AP with APIC id `id` once it is in long mode.
-pub static AP_ONLINE: [AtomicU64; MAX_APIC_IDS / 64] = [const { AtomicU64::new(0) }; MAX_APIC_IDS / 64];
+pub static AP_ONLINE: [AtomicU64; MAX_APIC_IDS / 64] =
+    [const { AtomicU64::new(0) }; MAX_APIC_IDS / 64];
 /// Number of APs that reached long mode.
 pub static AP_COUNT: AtomicU32 = AtomicU32::new(0);
 /// EAX and EBX at entry (multiboot magic and information block address).
@@ -167,7 +186,10 @@ unsafe extern "C" {
 
 /// `[start, end)` of the program image in physical memory.
 pub fn image_range() -> (u64, u64) {
-    (&raw const __image_start as u64, &raw const __image_end as u64)
+    (
+        &raw const __image_start as u64,
+        &raw const __image_end as u64,
+    )
 }
 
 /// The AP trampoline code (position independent; runs at any page < 1 MiB).

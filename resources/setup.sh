@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs the host packages the test suite and the demo use, if they are missing. Idempotent:
+# nothing is installed or upgraded when everything is present.
+#   acpica-tools  iasl, to check our ACPI tables with an independent parser
+#   binutils      as, ld, objcopy: the hand-assembled test kernels and the guest programs' ELF32 form
+set -euo pipefail
+need=()
+command -v iasl >/dev/null || need+=(acpica-tools)
+command -v objcopy >/dev/null && command -v as >/dev/null || need+=(binutils)
+if [ ${#need[@]} -gt 0 ]; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo=sudo
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-upgrade "${need[@]}"
+fi
