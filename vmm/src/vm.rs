@@ -439,3 +439,41 @@ fn stop_vcpus(threads: Vec<JoinHandle<String>>) -> Vec<String> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The FADT and DSDT (arch) promise what the ACPI power-management device (devices) does.
+    #[test]
+    fn acpi_tables_describe_the_pm_device() {
+        use devices::legacy as dev;
+        assert_eq!(
+            u64::from(arch::acpi::SLEEP_CONTROL_OFFSET),
+            dev::SLEEP_CONTROL
+        );
+        assert_eq!(
+            u64::from(arch::acpi::SLEEP_STATUS_OFFSET),
+            dev::SLEEP_STATUS
+        );
+        assert_eq!(u64::from(arch::acpi::RESET_OFFSET), dev::RESET_REGISTER);
+        assert_eq!(arch::acpi::RESET_VALUE, dev::RESET_VALUE);
+        assert_eq!(arch::acpi::S5_SLEEP_TYPE, dev::S5_SLEEP_TYPE);
+        assert!(u64::from(arch::acpi::RESET_OFFSET) < ACPI_PM_LEN);
+    }
+
+    #[test]
+    fn irq_routing_matches_the_madt_override() {
+        let routing = pc_irq_routing();
+        let ioapic_pin = |gsi: u32| {
+            routing.as_slice().iter().find_map(|e| {
+                // SAFETY: every entry built by pc_irq_routing is of type IRQCHIP.
+                let chip = unsafe { e.u.irqchip };
+                (e.gsi == gsi && chip.irqchip == KVM_IRQCHIP_IOAPIC).then_some(chip.pin)
+            })
+        };
+        assert_eq!(ioapic_pin(0), Some(2));
+        assert_eq!(ioapic_pin(COM1_IRQ), Some(COM1_IRQ));
+        assert_eq!(ioapic_pin(23), Some(23));
+    }
+}
