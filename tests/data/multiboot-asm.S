@@ -3,8 +3,9 @@
  * the boot magic, prints its command line on COM1 (polling the line status register as a real
  * driver must) and then obeys the first command word it finds: "exit=N" writes the digit N to the
  * exit port 0xf4, "crash" triple-faults, "hang" spins forever, "poweroff" enters ACPI S5 through the
- * FADT's sleep control register (port 0x600), "reset" resets through the i8042; with none it
- * writes 0 to the exit port.
+ * FADT's sleep control register (port 0x600), "reset" resets through the i8042, "echo" copies
+ * serial input to serial output up to a '!' and then writes 0; with none it writes 0 to the exit
+ * port.
  * Built as an ELF32 by `as --32` and `ld -m elf_i386 -Ttext=0x200000`.
  */
         .set MB_MAGIC, 0x1badb002
@@ -43,6 +44,8 @@ find:   movb (%esi), %al
         je poweroff
         cmpl $0x65736572, (%esi)           /* "rese", as in "reset" */
         je reset
+        cmpl $0x6f686365, (%esi)           /* "echo" */
+        je echo
         cmpl $0x74697865, (%esi)           /* "exit" */
         jne next
         cmpb $'=', 4(%esi)
@@ -66,6 +69,22 @@ poweroff:                                  /* ACPI S5: SLP_TYP 5 in bits 4:2, SL
         mov $0x34, %al
         outb %al, %dx
         jmp hang
+echo:   mov $0x3fd, %dx                    /* copy COM1 input to COM1 output until a '!' */
+1:      inb %dx, %al
+        test $1, %al                       /* line status: data ready */
+        jz 1b
+        mov $0x3f8, %dx
+        inb %dx, %al
+        cmp $'!', %al
+        je 2f
+        mov %al, echo_buf
+        mov $echo_buf, %esi
+        call puts
+        jmp echo
+2:      mov $newline, %esi
+        call puts
+        xor %eax, %eax
+        jmp out
 reset:  mov $0x64, %dx                     /* i8042: pulse the CPU reset line */
         mov $0xfe, %al
         outb %al, %dx
@@ -79,6 +98,7 @@ bad_magic:
         .include "serial.inc"
 
         .section .data
+echo_buf:   .byte 0, 0
 empty_idt:  .word 0
             .long 0
 hello:      .asciz "multiboot-asm: cmdline: "

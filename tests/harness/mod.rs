@@ -179,13 +179,28 @@ const HARD_LIMIT: Duration = Duration::from_secs(120);
 
 /// Runs the VMM with `args`, standard input closed, and waits for it.
 pub fn vmm(args: &[&str]) -> Run {
+    vmm_with_input(args, None)
+}
+
+/// Runs the VMM with `args` and `input` (if any) on its standard input, and waits for it.
+pub fn vmm_with_input(args: &[&str], input: Option<&[u8]>) -> Run {
     let mut child = Command::new(env!("CARGO_BIN_EXE_vmm"))
         .args(args)
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start vmm");
+    if let (Some(input), Some(mut stdin)) = (input.map(<[u8]>::to_vec), child.stdin.take()) {
+        // From a thread: the VMM takes input only as fast as the guest reads it.
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+    }
     let mut stdout = child.stdout.take().expect("piped stdout");
     let mut stderr = child.stderr.take().expect("piped stderr");
     let out = std::thread::spawn(move || {

@@ -1,13 +1,15 @@
 //! The guest console: serial output to stdout or a file, and standard input to the guest's COM1.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use devices::legacy::Serial;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::cli::SerialOutput;
 
@@ -37,61 +39,120 @@ pub fn serial_output(choice: &SerialOutput) -> io::Result<Box<dyn Write + Send>>
     })
 }
 
-/// Feeds standard input to COM1 from the event loop.
+/// Feeds standard input to COM1 from the event loop. Input is read from the raw descriptor (std's
+/// buffered `Stdin` would keep bytes that epoll then never reports), kept in `pending` while the
+/// guest's receive FIFO is full, and offered again each time the guest drains the FIFO. While a
+/// backlog is pending, standard input is not watched, so a fast producer waits for the guest.
 pub struct StdinInput {
     serial: Arc<Mutex<Serial>>,
+    stdin: File,
+    drained: EventFd,
+    pending: VecDeque<u8>,
+    watching: bool,
+    ended: bool,
 }
 
 impl std::fmt::Debug for StdinInput {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StdinInput").finish_non_exhaustive()
+        f.debug_struct("StdinInput")
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
     }
 }
 
+/// Stop reading standard input while this much is waiting for the guest.
+const BACKLOG: usize = 4096;
+
 impl StdinInput {
-    /// Input for `serial`.
-    pub fn new(serial: Arc<Mutex<Serial>>) -> Self {
-        Self { serial }
+    /// Input for `serial`, which signals `drained` when the guest empties its receive FIFO.
+    pub fn new(serial: Arc<Mutex<Serial>>, drained: EventFd) -> io::Result<Self> {
+        let stdin = File::from(io::stdin().as_fd().try_clone_to_owned()?);
+        Ok(Self {
+            serial,
+            stdin,
+            drained,
+            pending: VecDeque::new(),
+            watching: false,
+            ended: false,
+        })
+    }
+
+    fn read_stdin(&mut self) {
+        let mut buf = [0u8; BACKLOG];
+        match self.stdin.read(&mut buf) {
+            Ok(0) => self.ended = true,
+            Ok(n) => self.pending.extend(buf.iter().take(n)),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+                ) => {}
+            Err(e) => {
+                log::debug!("standard input: {e}");
+                self.ended = true;
+            }
+        }
+    }
+
+    /// Moves what fits into the FIFO, then watches standard input only if there is room for more.
+    fn feed(&mut self, ops: &mut EventOps) {
+        if !self.pending.is_empty() {
+            let taken = self
+                .serial
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .enqueue_input(self.pending.make_contiguous());
+            self.pending.drain(..taken);
+        }
+        let want = !self.ended && self.pending.len() < BACKLOG;
+        if want != self.watching {
+            let events = Events::new(&self.stdin, EventSet::IN);
+            let changed = if want {
+                ops.add(events)
+            } else {
+                ops.remove(events)
+            };
+            if let Err(e) = changed {
+                // Standard input that epoll cannot watch (a regular file, /dev/null) gives no input.
+                log::debug!("standard input not watched: {e:?}");
+                self.ended = true;
+            } else {
+                self.watching = want;
+            }
+        }
     }
 }
 
 impl MutEventSubscriber for StdinInput {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        let mut buf = [0u8; 64];
-        let n = if events.event_set().contains(EventSet::IN) {
-            io::stdin().lock().read(&mut buf).unwrap_or(0)
+        if events.fd() == self.drained.as_raw_fd() {
+            let _ = self.drained.read();
+        } else if events.event_set().contains(EventSet::IN) {
+            self.read_stdin();
         } else {
-            0
-        };
-        if n == 0 {
-            // End of input or hang-up: stop watching, or epoll would report it forever.
-            let _ = ops.remove(events);
-            return;
+            // Hang-up or error without data.
+            self.ended = true;
         }
-        let mut serial = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
-        let taken = serial.enqueue_input(buf.get(..n).unwrap_or_default());
-        if taken < n {
-            log::debug!("serial input FIFO full: dropped {} bytes", n - taken);
-        }
+        self.feed(ops);
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&io::stdin().as_raw_fd(), EventSet::IN)) {
-            // Standard input that epoll cannot watch (a regular file, /dev/null) gives no input.
-            log::debug!("not reading standard input: {e:?}");
+        if let Err(e) = ops.add(Events::new(&self.drained, EventSet::IN)) {
+            log::error!("cannot watch the serial receive FIFO: {e:?}");
         }
+        self.feed(ops);
     }
 }
 
 /// Wakes the event loop when the VM's outcome is set.
 #[derive(Debug)]
 pub struct ExitWatcher {
-    wake: vmm_sys_util::eventfd::EventFd,
+    wake: EventFd,
 }
 
 impl ExitWatcher {
     /// Watches `wake`.
-    pub fn new(wake: vmm_sys_util::eventfd::EventFd) -> Self {
+    pub fn new(wake: EventFd) -> Self {
         Self { wake }
     }
 }

@@ -8,9 +8,16 @@ mod outcome;
 mod vcpu;
 mod vm;
 
+use std::io::Write as _;
+
 use clap::Parser;
 
 use crate::outcome::{Outcome, STATUS_ERROR};
+
+/// One line on stderr; never panics, even if stderr is closed or full.
+fn report(line: &str) {
+    let _ = writeln!(std::io::stderr(), "vmm: {line}");
+}
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
@@ -29,14 +36,14 @@ fn main() {
                 .take_while(|l| !l.trim().is_empty())
                 .map(str::trim)
                 .collect();
-            eprintln!("vmm: {}", problem.join(" ").trim_start_matches("error: "));
+            report(problem.join(" ").trim_start_matches("error: "));
             std::process::exit(STATUS_ERROR);
         }
     };
     let timeout = match cli.timeout() {
         Ok(t) => t,
         Err(msg) => {
-            eprintln!("vmm: {msg}");
+            report(&msg);
             std::process::exit(STATUS_ERROR);
         }
     };
@@ -52,16 +59,16 @@ fn main() {
     let outcome = match vm::run(&config) {
         Ok(outcome) => outcome,
         Err(e) => {
-            eprintln!("vmm: {e}");
+            report(&e.to_string());
             std::process::exit(STATUS_ERROR);
         }
     };
     match &outcome {
-        Outcome::Timeout => eprintln!(
-            "vmm: the guest did not finish within --timeout {}s",
+        Outcome::Timeout => report(&format!(
+            "the guest did not finish within --timeout {}s",
             config.timeout.map(|t| t.as_secs_f64()).unwrap_or_default()
-        ),
-        Outcome::Error(msg) => eprintln!("vmm: {msg}"),
+        )),
+        Outcome::Error(msg) => report(msg),
         _ => {}
     }
     std::process::exit(outcome.exit_status());

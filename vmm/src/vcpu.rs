@@ -2,9 +2,11 @@
 //! exits into the VM's outcome.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::sync::Arc;
 
 use devices::Bus;
+use kvm_bindings::KVM_EXIT_IO_IN;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use log::debug;
 
@@ -29,27 +31,40 @@ const KVM_SYSTEM_EVENT_RESET: u32 = 2;
 /// What the loop does after an exit, once the exit's borrow of the vCPU has ended.
 enum Next {
     Continue,
+    PortIo,
     Stop(Outcome),
     Crash(String),
 }
 
+/// Ends the VM with an error if the vCPU thread unwinds, so that a bug in a device can never leave
+/// the VMM waiting for a vCPU that is gone.
+struct UnwindGuard<'a> {
+    index: usize,
+    latch: &'a ExitLatch,
+}
+
+impl Drop for UnwindGuard<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.latch.set(Outcome::Error(format!(
+                "vCPU {} thread panicked",
+                self.index
+            )));
+        }
+    }
+}
+
 /// Runs vCPU `index` until the VM stops; returns a one-line description of where it stopped.
 pub fn run(index: usize, mut vcpu: VcpuFd, shared: Shared) -> String {
+    let _guard = UnwindGuard {
+        index,
+        latch: &shared.latch,
+    };
     while !shared.latch.is_stopping() {
         let next = match vcpu.run() {
-            Ok(VcpuExit::IoIn(port, data)) => {
-                if !shared.pio.read(u64::from(port), data) {
-                    debug!("vCPU {index}: unhandled in from port {port:#x}");
-                    data.fill(0xff);
-                }
-                Next::Continue
-            }
-            Ok(VcpuExit::IoOut(port, data)) => {
-                if !shared.pio.write(u64::from(port), data) {
-                    debug!("vCPU {index}: unhandled out to port {port:#x}: {data:x?}");
-                }
-                Next::Continue
-            }
+            // Port I/O is dispatched once the exit's borrow of the vCPU has ended, because string
+            // instructions (`rep insb` ...) need the element size that VcpuExit does not carry.
+            Ok(VcpuExit::IoIn(..) | VcpuExit::IoOut(..)) => Next::PortIo,
             Ok(VcpuExit::MmioRead(addr, data)) => {
                 if !shared.mmio.read(addr, data) {
                     debug!("vCPU {index}: unhandled MMIO read at {addr:#x}");
@@ -91,13 +106,16 @@ pub fn run(index: usize, mut vcpu: VcpuFd, shared: Shared) -> String {
         };
         match next {
             Next::Continue => {}
+            Next::PortIo => port_io(index, &mut vcpu, &shared.pio),
             Next::Stop(outcome) => shared.latch.set(outcome),
             Next::Crash(what) => {
-                eprintln!(
-                    "vmm: guest crashed: {what} on vCPU {index}\n{}",
+                // The outcome first: whatever happens to the report, the VM stops.
+                shared.latch.set(Outcome::Crash);
+                let report = format!(
+                    "vmm: guest crashed: {what} on vCPU {index}\n{}\n",
                     describe(&vcpu)
                 );
-                shared.latch.set(Outcome::Crash);
+                let _ = std::io::stderr().write_all(report.as_bytes());
             }
         }
     }
@@ -108,6 +126,32 @@ pub fn run(index: usize, mut vcpu: VcpuFd, shared: Shared) -> String {
         "vCPU {index} stopped at {}",
         regs.unwrap_or_else(|e| format!("(registers unreadable: {e})"))
     )
+}
+
+/// Dispatches the port I/O of the last exit (KVM_EXIT_IO) to the bus, one access per element of a
+/// string instruction. Ports no device claims read as all ones; writes to them are dropped.
+fn port_io(index: usize, vcpu: &mut VcpuFd, pio: &Bus) {
+    let run = vcpu.get_kvm_run();
+    // SAFETY: the last exit was KVM_EXIT_IO, for which KVM fills the `io` member of the union.
+    let io = unsafe { run.__bindgen_anon_1.io };
+    let size = usize::from(io.size).max(1);
+    let len = size.saturating_mul(io.count as usize);
+    let base = std::ptr::from_mut(run).cast::<u8>();
+    // SAFETY: as in kvm-ioctls' own decoding of KVM_EXIT_IO: KVM places size * count bytes of data at
+    // data_offset into the kvm_run area, which is mapped for as long as the vCPU fd lives, and
+    // nothing else refers to those bytes until the next KVM_RUN.
+    let data = unsafe { std::slice::from_raw_parts_mut(base.add(io.data_offset as usize), len) };
+    let port = u64::from(io.port);
+    for element in data.chunks_mut(size) {
+        if u32::from(io.direction) == KVM_EXIT_IO_IN {
+            if !pio.read(port, element) {
+                debug!("vCPU {index}: unhandled in from port {port:#x}");
+                element.fill(0xff);
+            }
+        } else if !pio.write(port, element) {
+            debug!("vCPU {index}: unhandled out to port {port:#x}: {element:x?}");
+        }
+    }
 }
 
 fn suberror_name(suberror: u32) -> &'static str {

@@ -1,6 +1,7 @@
 //! Assembling and running the VM: KVM, memory, boot, devices and vCPUs in one readable place.
 
 use std::fs::File;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -11,7 +12,7 @@ use arch::layout::{self, MemoryLayout};
 use devices::Bus;
 use devices::legacy::{
     ACPI_PM_LEN, AcpiPm, EXIT_PORT, EXIT_PORT_LEN, ExitPort, I8042, I8042_DATA_PORT, IrqTrigger,
-    Serial,
+    RxDrained, Serial,
 };
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{
@@ -55,6 +56,9 @@ pub enum Error {
     /// /dev/kvm could not be opened.
     #[error("cannot open /dev/kvm: {0}")]
     OpenKvm(kvm_ioctls::Error),
+    /// /dev/kvm speaks another API.
+    #[error("/dev/kvm reports KVM API version {0}, expected 12")]
+    NotKvm(i32),
     /// KVM lacks something we rely on.
     #[error("KVM lacks a required capability: {0:?}")]
     MissingCap(Cap),
@@ -127,6 +131,9 @@ fn host_err(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Host { what, source }
 }
 
+/// The only stable KVM API version (KVM_GET_API_VERSION).
+const KVM_API_VERSION: i32 = 12;
+
 const REQUIRED_CAPS: [Cap; 7] = [
     Cap::Irqchip,
     Cap::UserMemory,
@@ -143,7 +150,12 @@ const COM1_IRQ: u32 = 4;
 
 /// Builds the VM described by `config`, runs it to its end and returns how it ended.
 pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
+    // The user's files first: their errors are the likeliest and need no KVM to report.
+    let mut files = open_boot_files(config)?;
     let kvm = Kvm::new().map_err(Error::OpenKvm)?;
+    if kvm.get_api_version() != KVM_API_VERSION {
+        return Err(Error::NotKvm(kvm.get_api_version()));
+    }
     if let Some(cap) = REQUIRED_CAPS.iter().find(|c| !kvm.check_extension(**c)) {
         return Err(Error::MissingCap(*cap));
     }
@@ -171,7 +183,7 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
 
     let tables = arch::acpi::Tables::build(usize::from(config.cpus), &[])?;
     let rsdp = tables.write(&mem)?;
-    let entry = load_kernel(config, &mem, &layout, rsdp)?;
+    let entry = load_kernel(config, &mut files, &mem, &layout, rsdp)?;
 
     let wake = EventFd::new(EFD_NONBLOCK).map_err(host_err("create an event fd"))?;
     let latch = Arc::new(ExitLatch::new(
@@ -179,7 +191,7 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
     ));
     let pio = Arc::new(Bus::new());
     let mmio = Arc::new(Bus::new());
-    let serial = add_legacy_devices(&vm, &pio, &latch, &config.serial)?;
+    let (serial, rx_drained) = add_legacy_devices(&vm, &pio, &latch, &config.serial)?;
 
     let supported = kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
@@ -221,18 +233,33 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
             Ok(t) => threads.push(t),
             Err(e) => {
                 latch.set(Outcome::Error(e.to_string()));
-                stop_vcpus(threads);
+                if !stop_vcpus(threads).1 {
+                    std::mem::forget(vm);
+                    std::mem::forget(mem);
+                }
                 return Err(e);
             }
         }
     }
 
-    let outcome = wait_for_end(&latch, wake, serial, &config.serial, config.timeout);
-    let positions = stop_vcpus(threads);
+    let outcome = wait_for_end(
+        &latch,
+        wake,
+        (serial, rx_drained),
+        &config.serial,
+        config.timeout,
+    );
+    let (positions, all_stopped) = stop_vcpus(threads);
     if outcome == Outcome::Timeout {
-        for p in positions {
-            eprintln!("vmm:   {p}");
-        }
+        let report: String = positions.iter().map(|p| format!("vmm:   {p}\n")).collect();
+        let _ = std::io::stderr().write_all(report.as_bytes());
+    }
+    if !all_stopped {
+        // A vCPU thread that would not stop still holds the VM, which still maps guest memory:
+        // unmapping it now would pull memory from under a running vCPU. The process is about to
+        // exit, which releases both in the right order.
+        std::mem::forget(vm);
+        std::mem::forget(mem);
     }
     Ok(outcome)
 }
@@ -299,12 +326,13 @@ fn pc_irq_routing() -> KvmIrqRouting {
     KvmIrqRouting::from_entries(&entries).unwrap_or_else(|_| unreachable!("38 routes fit"))
 }
 
-fn load_kernel(
-    config: &VmConfig,
-    mem: &GuestMemoryMmap,
-    layout: &MemoryLayout,
-    rsdp: u64,
-) -> Result<arch::boot::BootEntry, Error> {
+/// The kernel and initramfs, opened, with the kernel's format checked.
+struct BootFiles {
+    kernel: File,
+    initramfs: Option<File>,
+}
+
+fn open_boot_files(config: &VmConfig) -> Result<BootFiles, Error> {
     let open = |what, path: &Path| {
         File::open(path).map_err(|source| Error::Open {
             what,
@@ -313,11 +341,25 @@ fn load_kernel(
         })
     };
     let mut kernel = open("kernel", &config.kernel)?;
-    let mut initramfs = config
+    arch::boot::detect(&mut kernel).map_err(|source| Error::Boot {
+        path: config.kernel.clone(),
+        source,
+    })?;
+    let initramfs = config
         .initramfs
         .as_deref()
         .map(|p| open("initramfs", p))
         .transpose()?;
+    Ok(BootFiles { kernel, initramfs })
+}
+
+fn load_kernel(
+    config: &VmConfig,
+    files: &mut BootFiles,
+    mem: &GuestMemoryMmap,
+    layout: &MemoryLayout,
+    rsdp: u64,
+) -> Result<arch::boot::BootEntry, Error> {
     let name = config
         .initramfs
         .as_deref()
@@ -325,8 +367,8 @@ fn load_kernel(
         .and_then(|n| n.to_str())
         .unwrap_or("initramfs");
     let image = arch::boot::KernelImage {
-        kernel: &mut kernel,
-        initramfs: initramfs.as_mut().map(|f| (f, name)),
+        kernel: &mut files.kernel,
+        initramfs: files.initramfs.as_mut().map(|f| (f, name)),
         cmdline: &config.cmdline,
     };
     arch::boot::load(mem, layout, image, rsdp).map_err(|source| Error::Boot {
@@ -341,8 +383,10 @@ fn add_legacy_devices(
     pio: &Bus,
     latch: &Arc<ExitLatch>,
     serial_out: &SerialOutput,
-) -> Result<Arc<Mutex<Serial>>, Error> {
+) -> Result<(Arc<Mutex<Serial>>, EventFd), Error> {
     let irq = EventFd::new(EFD_NONBLOCK).map_err(host_err("create an event fd"))?;
+    let drained = EventFd::new(EFD_NONBLOCK).map_err(host_err("create an event fd"))?;
+    let rx_drained = RxDrained(drained.try_clone().map_err(host_err("clone an event fd"))?);
     vm.register_irqfd(&irq, COM1_IRQ)
         .map_err(kvm_err("wire the serial interrupt"))?;
     let out = serial_output(serial_out).map_err(|source| match serial_out {
@@ -356,7 +400,7 @@ fn add_legacy_devices(
             source,
         },
     })?;
-    let serial = Arc::new(Mutex::new(Serial::new(IrqTrigger(irq), out)));
+    let serial = Arc::new(Mutex::new(Serial::new(IrqTrigger(irq), rx_drained, out)));
     pio.insert(COM1_PORT, 8, serial.clone())?;
 
     let exit: Arc<dyn devices::ExitSink> = latch.clone();
@@ -373,7 +417,7 @@ fn add_legacy_devices(
         ACPI_PM_LEN,
         Arc::new(Mutex::new(AcpiPm::new(exit))),
     )?;
-    Ok(serial)
+    Ok((serial, drained))
 }
 
 /// Runs the event loop (console input, the exit event) until the VM's outcome is set or the
@@ -381,18 +425,24 @@ fn add_legacy_devices(
 fn wait_for_end(
     latch: &ExitLatch,
     wake: EventFd,
-    serial: Arc<Mutex<Serial>>,
+    (serial, rx_drained): (Arc<Mutex<Serial>>, EventFd),
     serial_out: &SerialOutput,
     timeout: Option<Duration>,
 ) -> Outcome {
-    let deadline = timeout.map(|t| Instant::now() + t);
+    // A timeout too large to represent is no timeout.
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
     let mut events = match EventManager::<Box<dyn MutEventSubscriber + Send>>::new() {
         Ok(em) => em,
         Err(e) => return Outcome::Error(format!("cannot create the event loop: {e:?}")),
     };
     events.add_subscriber(Box::new(ExitWatcher::new(wake)));
     if *serial_out == SerialOutput::Stdout {
-        events.add_subscriber(Box::new(StdinInput::new(serial)));
+        match StdinInput::new(serial, rx_drained) {
+            Ok(input) => {
+                events.add_subscriber(Box::new(input));
+            }
+            Err(e) => log::debug!("no serial input: {e}"),
+        }
     }
     loop {
         if let Some(outcome) = latch.get() {
@@ -416,9 +466,9 @@ fn wait_for_end(
 }
 
 /// Stops every vCPU thread once the outcome is set: signals each thread until it leaves KVM_RUN (a
-/// signal that lands just before KVM_RUN is entered is lost, hence the repetition). Returns where
-/// each vCPU stopped.
-fn stop_vcpus(threads: Vec<JoinHandle<String>>) -> Vec<String> {
+/// signal that lands just before KVM_RUN is entered is lost, hence the repetition), for up to 10
+/// seconds. Returns where each vCPU stopped, and whether they all did.
+fn stop_vcpus(threads: Vec<JoinHandle<String>>) -> (Vec<String>, bool) {
     let give_up = Instant::now() + Duration::from_secs(10);
     while threads.iter().any(|t| !t.is_finished()) && Instant::now() < give_up {
         for t in threads.iter().filter(|t| !t.is_finished()) {
@@ -426,7 +476,8 @@ fn stop_vcpus(threads: Vec<JoinHandle<String>>) -> Vec<String> {
         }
         std::thread::sleep(Duration::from_millis(1));
     }
-    threads
+    let all_stopped = threads.iter().all(JoinHandle::is_finished);
+    let positions = threads
         .into_iter()
         .enumerate()
         .map(|(i, t)| {
@@ -437,7 +488,8 @@ fn stop_vcpus(threads: Vec<JoinHandle<String>>) -> Vec<String> {
                 format!("vCPU {i} did not stop")
             }
         })
-        .collect()
+        .collect();
+    (positions, all_stopped)
 }
 
 #[cfg(test)]

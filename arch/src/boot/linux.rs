@@ -35,7 +35,11 @@ pub(super) fn load(
 
     if let Some((file, _)) = image.initramfs {
         let ceiling = (u64::from(hdr.initrd_addr_max) + 1).min(layout.low_end());
-        let (addr, size) = load_high(mem, file, loaded.kernel_end, ceiling)?;
+        // The kernel decompresses itself to pref_address and needs init_size bytes there
+        // (boot protocol 2.10+): the initramfs must stay clear of that as well as of the image.
+        let runtime_end = hdr.pref_address.saturating_add(u64::from(hdr.init_size));
+        let floor = loaded.kernel_end.max(runtime_end);
+        let (addr, size) = load_high(mem, file, floor, ceiling)?;
         hdr.ramdisk_image = addr as u32;
         hdr.ramdisk_size = size as u32;
     }

@@ -106,9 +106,21 @@ pub enum Error {
         /// Highest usable address (exclusive).
         ceiling: u64,
     },
-    /// A malformed multiboot kernel.
-    #[error("multiboot kernel: {0}")]
-    Multiboot(String),
+    /// A kernel segment that would land outside usable RAM.
+    #[error(
+        "kernel segment {start:#x}-{end:#x} is not in guest RAM between 1 MiB and {ram_end:#x}"
+    )]
+    SegmentOutsideRam {
+        /// Segment start.
+        start: u64,
+        /// Segment end.
+        end: u64,
+        /// End of RAM below 4 GiB.
+        ram_end: u64,
+    },
+    /// A malformed kernel image (multiboot header, ELF headers).
+    #[error("malformed kernel image: {0}")]
+    Malformed(String),
     /// Writing guest memory failed.
     #[error("cannot write boot data to guest memory: {0}")]
     Memory(#[from] vm_memory::GuestMemoryError),
@@ -194,6 +206,13 @@ fn write_cmdline(mem: &GuestMemoryMmap, cmdline: &str, max: usize) -> Result<(),
     Ok(())
 }
 
+/// The length of `file` (whose role is `what`), leaving its position at the start.
+fn file_len(file: &mut File, what: &'static str) -> Result<u64, Error> {
+    file.seek(SeekFrom::End(0))
+        .and_then(|size| file.seek(SeekFrom::Start(0)).map(|_| size))
+        .map_err(|source| Error::Io { what, source })
+}
+
 /// Reads `file` into guest memory at the highest page-aligned address where it ends below
 /// `ceiling` and starts at or above `floor`; returns (address, size).
 fn load_high(
@@ -202,13 +221,7 @@ fn load_high(
     floor: u64,
     ceiling: u64,
 ) -> Result<(u64, u64), Error> {
-    let size = file
-        .seek(SeekFrom::End(0))
-        .and_then(|size| file.seek(SeekFrom::Start(0)).map(|_| size))
-        .map_err(|source| Error::Io {
-            what: "initramfs",
-            source,
-        })?;
+    let size = file_len(file, "initramfs")?;
     let addr = ceiling
         .checked_sub(size)
         .map(|a| a & !0xfff)

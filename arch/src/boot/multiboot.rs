@@ -5,7 +5,9 @@ use std::io::Read;
 
 use vm_memory::{Bytes, GuestAddress};
 
-use super::{BootEntry, EntryMode, Error, KernelImage, MULTIBOOT_SEARCH, check_ram, write_cmdline};
+use super::{
+    BootEntry, EntryMode, Error, KernelImage, MULTIBOOT_SEARCH, check_ram, file_len, write_cmdline,
+};
 use crate::GuestMemoryMmap;
 use crate::layout::{BOOT_INFO_ADDR, CMDLINE_ADDR, CMDLINE_MAX, HIMEM_START, MemoryLayout};
 
@@ -71,17 +73,17 @@ pub(super) fn find_header(image: &[u8]) -> Option<Header> {
 }
 
 fn bad(msg: impl Into<String>) -> Error {
-    Error::Multiboot(msg.into())
+    Error::Malformed(msg.into())
 }
 
 /// A piece of the image to place in guest memory: `file_len` bytes from `offset`, then zeros up to
 /// `mem_len`.
-struct Segment {
+pub(super) struct Segment {
     offset: u64,
     file_len: u64,
-    paddr: u64,
+    pub(super) paddr: u64,
     vaddr: u64,
-    mem_len: u64,
+    pub(super) mem_len: u64,
 }
 
 /// The segments and entry point that the header's address fields (flag 16) describe.
@@ -126,7 +128,7 @@ fn address_field_segments(image: &[u8], h: Header) -> Result<(Vec<Segment>, u64)
 const PT_LOAD: u32 = 1;
 
 /// The PT_LOAD segments and entry point of an ELF32 or ELF64 image.
-fn elf_segments(image: &[u8]) -> Result<(Vec<Segment>, u64), Error> {
+pub(super) fn elf_segments(image: &[u8]) -> Result<(Vec<Segment>, u64), Error> {
     if !image.starts_with(b"\x7fELF") {
         return Err(bad("no ELF header and no address fields (header flag 16)"));
     }
@@ -165,11 +167,17 @@ fn elf_segments(image: &[u8]) -> Result<(Vec<Segment>, u64), Error> {
     }
     let mut segments = Vec::new();
     for i in 0..u64::from(phnum) {
-        let ph = usize::try_from(phoff + i * u64::from(phentsize)).map_err(|_| trunc())?;
+        let ph = i
+            .checked_mul(u64::from(phentsize))
+            .and_then(|o| o.checked_add(phoff))
+            .and_then(|o| usize::try_from(o).ok())
+            .ok_or_else(trunc)?;
+        // u64_at/u32_at return None for offsets that overflow or lie past the end.
+        let at = |o: usize| ph.checked_add(o).unwrap_or(usize::MAX);
         let fields = if is64 {
-            [0, 8, 16, 24, 32, 40].map(|o| u64_at(image, ph + o))
+            [0, 8, 16, 24, 32, 40].map(|o| u64_at(image, at(o)))
         } else {
-            [0, 4, 8, 12, 16, 20].map(|o| u32_at(image, ph + o).map(u64::from))
+            [0, 4, 8, 12, 16, 20].map(|o| u32_at(image, at(o)).map(u64::from))
         };
         let [
             Some(p_type),
@@ -229,8 +237,7 @@ fn place_segments(
             .and_then(|(o, l)| image.get(o..o.checked_add(l)?))
             .ok_or_else(|| bad("segment extends past the end of the file"))?;
         mem.write_slice(data, GuestAddress(s.paddr))?;
-        let zeros = vec![0u8; (s.mem_len - s.file_len) as usize];
-        mem.write_slice(&zeros, GuestAddress(s.paddr + s.file_len))?;
+        zero(mem, s.paddr + s.file_len, s.mem_len - s.file_len)?;
         end = end.max(seg_end);
         if entry >= s.vaddr && entry - s.vaddr < s.mem_len {
             phys_entry = Some(entry - s.vaddr + s.paddr);
@@ -241,11 +248,36 @@ fn place_segments(
     Ok((end, phys_entry))
 }
 
+/// Zeroes `len` bytes of guest memory from `addr` (a segment's bss), a page at a time rather than
+/// through one host buffer as large as the bss.
+fn zero(mem: &GuestMemoryMmap, addr: u64, len: u64) -> Result<(), Error> {
+    const CHUNK: u64 = 4096;
+    let page = [0u8; CHUNK as usize];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(CHUNK);
+        mem.write_slice(
+            page.get(..n as usize).unwrap_or(&page),
+            GuestAddress(addr + done),
+        )?;
+        done += n;
+    }
+    Ok(())
+}
+
 pub(super) fn load(
     mem: &GuestMemoryMmap,
     layout: &MemoryLayout,
     image: KernelImage<'_>,
 ) -> Result<BootEntry, Error> {
+    // The whole image is read for the ELF and header parsing; no kernel larger than the RAM below
+    // 4 GiB could load, so refuse before reading one.
+    let size = file_len(image.kernel, "kernel")?;
+    if size > layout.low_end() {
+        return Err(bad(format!(
+            "the image ({size} bytes) is larger than guest RAM below 4 GiB"
+        )));
+    }
     let mut bytes = Vec::new();
     image
         .kernel
@@ -275,21 +307,18 @@ pub(super) fn load(
 
     let mut mods_count = 0;
     if let Some((file, name)) = image.initramfs {
-        let mut module = Vec::new();
-        file.read_to_end(&mut module).map_err(|source| Error::Io {
-            what: "initramfs",
-            source,
-        })?;
         let start = (kernel_end + 0xfff) & !0xfff;
-        let len = module.len() as u64;
+        let len = file_len(file, "initramfs")?;
+        let too_big = Error::InitramfsTooBig {
+            size: len,
+            floor: start,
+            ceiling: layout.low_end(),
+        };
         if start.checked_add(len).is_none_or(|e| e > layout.low_end()) {
-            return Err(Error::InitramfsTooBig {
-                size: len,
-                floor: start,
-                ceiling: layout.low_end(),
-            });
+            return Err(too_big);
         }
-        mem.write_slice(&module, GuestAddress(start))?;
+        let count = usize::try_from(len).map_err(|_| too_big)?;
+        mem.read_exact_volatile_from(GuestAddress(start), file, count)?;
         let name_addr = strings + LOADER_NAME.len() as u64;
         let mut name = name.as_bytes().to_vec();
         name.truncate(0xff);
@@ -389,6 +418,10 @@ mod tests {
         img[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
         img[0x38..0x3a].copy_from_slice(&0xffffu16.to_le_bytes());
         img[0x20..0x28].copy_from_slice(&0x40u64.to_le_bytes());
+        assert!(elf_segments(&img).is_err());
+        // Program header offset near u64::MAX: the offset arithmetic must not overflow.
+        img[0x20..0x28].copy_from_slice(&(u64::MAX - 8).to_le_bytes());
+        img[0x38..0x3a].copy_from_slice(&2u16.to_le_bytes());
         assert!(elf_segments(&img).is_err());
     }
 

@@ -11,4 +11,4 @@ pub use acpi_pm::{
 };
 pub use exit_port::{EXIT_PORT, EXIT_PORT_LEN, ExitPort};
 pub use i8042::{I8042, I8042_DATA_PORT};
-pub use serial::{IrqTrigger, Serial};
+pub use serial::{IrqTrigger, RxDrained, Serial};

@@ -4,6 +4,7 @@ use std::io::Write;
 
 use log::debug;
 use vm_superio::Trigger;
+use vm_superio::serial::SerialEvents;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::BusDevice;
@@ -20,9 +21,24 @@ impl Trigger for IrqTrigger {
     }
 }
 
-/// A 16550 UART on the port-I/O bus; output goes to `W`.
+/// Signals an event fd when the guest has read the last byte of the receive FIFO, so that whoever
+/// feeds input knows when there is room again.
+#[derive(Debug)]
+pub struct RxDrained(pub EventFd);
+
+impl SerialEvents for RxDrained {
+    fn buffer_read(&self) {}
+    fn out_byte(&self) {}
+    fn tx_lost_byte(&self) {}
+    fn in_buffer_empty(&self) {
+        // The counter only saturates after 2^64 - 2 unread signals.
+        let _ = self.0.write(1);
+    }
+}
+
+/// A 16550 UART on the port-I/O bus; output goes to a writer.
 pub struct Serial {
-    uart: vm_superio::Serial<IrqTrigger, vm_superio::serial::NoEvents, Box<dyn Write + Send>>,
+    uart: vm_superio::Serial<IrqTrigger, RxDrained, Box<dyn Write + Send>>,
 }
 
 impl std::fmt::Debug for Serial {
@@ -32,19 +48,25 @@ impl std::fmt::Debug for Serial {
 }
 
 impl Serial {
-    /// A UART that writes what the guest transmits to `out` and raises `irq` as the 16550 would.
-    pub fn new(irq: IrqTrigger, out: Box<dyn Write + Send>) -> Self {
+    /// A UART that writes what the guest transmits to `out`, raises `irq` as the 16550 would, and
+    /// signals `rx_drained` whenever the guest empties the receive FIFO.
+    pub fn new(irq: IrqTrigger, rx_drained: RxDrained, out: Box<dyn Write + Send>) -> Self {
         Self {
-            uart: vm_superio::Serial::new(irq, out),
+            uart: vm_superio::Serial::with_events(irq, rx_drained, out),
         }
     }
 
-    /// Queues bytes typed by the user for the guest to receive; returns how many fit the FIFO.
+    /// Queues input for the guest to receive; returns how many bytes fit the FIFO (the rest is the
+    /// caller's to offer again after the next `rx_drained` signal).
     pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
-        self.uart.enqueue_raw_bytes(bytes).unwrap_or_else(|e| {
-            debug!("serial input dropped: {e:?}");
-            0
-        })
+        match self.uart.enqueue_raw_bytes(bytes) {
+            Ok(n) => n,
+            Err(vm_superio::serial::Error::FullFifo) => 0,
+            Err(e) => {
+                debug!("serial input: {e:?}");
+                0
+            }
+        }
     }
 }
 
@@ -87,7 +109,12 @@ mod tests {
     fn transmits_bytes_and_raises_the_rx_interrupt() {
         let sink = Sink::default();
         let evt = EventFd::new(libc_nonblock()).unwrap();
-        let mut s = Serial::new(IrqTrigger(evt.try_clone().unwrap()), Box::new(sink.clone()));
+        let drained = EventFd::new(libc_nonblock()).unwrap();
+        let mut s = Serial::new(
+            IrqTrigger(evt.try_clone().unwrap()),
+            RxDrained(drained.try_clone().unwrap()),
+            Box::new(sink.clone()),
+        );
         for b in b"ok" {
             s.write(0x3f8, 0, &[*b]);
         }
@@ -100,15 +127,29 @@ mod tests {
         s.write(0x3f8, 1, &[1]);
         assert_eq!(s.enqueue_input(b"x"), 1);
         assert_eq!(evt.read().unwrap(), 1);
+        assert!(drained.read().is_err(), "not drained while a byte waits");
         let mut rbr = [0u8; 1];
         s.read(0x3f8, 0, &mut rbr);
         assert_eq!(rbr[0], b'x');
+        assert_eq!(drained.read().unwrap(), 1, "drained once the guest read it");
+    }
+
+    #[test]
+    fn input_beyond_the_fifo_is_refused_not_lost() {
+        let evt = EventFd::new(libc_nonblock()).unwrap();
+        let drained = RxDrained(EventFd::new(libc_nonblock()).unwrap());
+        let mut s = Serial::new(IrqTrigger(evt), drained, Box::new(std::io::sink()));
+        let input = [b'a'; 100];
+        let taken = s.enqueue_input(&input);
+        assert!(taken > 0 && taken < input.len());
+        assert_eq!(s.enqueue_input(&input[taken..]), 0);
     }
 
     #[test]
     fn odd_offsets_and_sizes_do_not_panic() {
         let evt = EventFd::new(libc_nonblock()).unwrap();
-        let mut s = Serial::new(IrqTrigger(evt), Box::new(std::io::sink()));
+        let drained = RxDrained(EventFd::new(libc_nonblock()).unwrap());
+        let mut s = Serial::new(IrqTrigger(evt), drained, Box::new(std::io::sink()));
         let mut wide = [0u8; 4];
         s.read(0x3f8, 300, &mut wide);
         s.write(0x3f8, 300, &[1, 2, 3, 4]);
