@@ -173,7 +173,7 @@ pub(super) fn elf_segments(image: &[u8]) -> Result<(Vec<Segment>, u64), Error> {
             .and_then(|o| usize::try_from(o).ok())
             .ok_or_else(trunc)?;
         // u64_at/u32_at return None for offsets that overflow or lie past the end.
-        let at = |o: usize| ph.checked_add(o).unwrap_or(usize::MAX);
+        let at = |o: usize| ph.saturating_add(o);
         let fields = if is64 {
             [0, 8, 16, 24, 32, 40].map(|o| u64_at(image, at(o)))
         } else {

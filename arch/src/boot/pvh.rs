@@ -109,7 +109,7 @@ fn check_segments(kernel: &mut File, layout: &MemoryLayout) -> Result<(), Error>
     kernel.seek(SeekFrom::Start(0)).map_err(io)?;
     let (segments, _) = super::multiboot::elf_segments(&headers)?;
     for seg in segments {
-        let seg_end = seg.paddr.checked_add(seg.mem_len).unwrap_or(u64::MAX);
+        let seg_end = seg.paddr.saturating_add(seg.mem_len);
         if seg.paddr < HIMEM_START || seg_end > layout.low_end() {
             return Err(Error::SegmentOutsideRam {
                 start: seg.paddr,
