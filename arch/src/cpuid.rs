@@ -2,7 +2,9 @@
 //!
 //! Every vCPU gets the host CPU as KVM can virtualise it (KVM_GET_SUPPORTED_CPUID), with:
 //! - a synthetic topology: one socket, one core per vCPU, one thread per core; APIC id = vCPU index
-//!   (leaf 0x1 EBX, leaf 0x4 EAX[31:26], leaf 0xB and, when the host has it, leaf 0x1F);
+//!   (leaf 0x1 EBX, leaf 0x4 EAX[31:26], leaf 0xB and, when the host has it, leaf 0x1F). These are
+//!   the leaves Intel CPUs and Linux's Intel paths read; on AMD hosts the AMD topology leaves
+//!   (0x8000_0008 ECX, 0x8000_001E) still carry KVM's values, which is not yet reconciled;
 //! - the hypervisor bit (leaf 0x1 ECX[31]) set, and KVM's signature leaves kept;
 //! - TSC-deadline (leaf 0x1 ECX[24]) offered when KVM emulates it on the in-kernel LAPIC;
 //! - masked, because the VMM does not provide them: MONITOR/MWAIT (leaf 0x1 ECX[3]), VMX and SMX
@@ -71,9 +73,15 @@ pub fn vcpu_cpuid(supported: &CpuId, index: u8, count: u8, tsc_deadline: bool) -
                 // EAX[31:26]: cores per package - 1; EAX[25:14]: threads sharing this cache - 1
                 // (a core's private caches: one thread; the last level: every core).
                 let level = (e.eax >> 5) & 7;
-                let sharing = if level >= 3 { count - 1 } else { 0 };
+                // The fields are 6 and 12 bits wide.
+                let cores = (count - 1).min(0x3f);
+                let sharing = if level >= 3 {
+                    (count - 1).min(0xfff)
+                } else {
+                    0
+                };
                 if e.eax & 0x1f != 0 {
-                    e.eax = (e.eax & 0x3fff) | ((count - 1) << 26) | (sharing << 14);
+                    e.eax = (e.eax & 0x3fff) | (cores << 26) | (sharing << 14);
                 }
             }
             LEAF_THERMAL_POWER => {

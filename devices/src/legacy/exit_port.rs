@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use crate::{BusDevice, ExitSink, GuestExit};
 
-/// The conventional port and width.
+/// The port kernel unit tests use (QEMU: `-device isa-debug-exit,iobase=0xf4,iosize=4`).
 pub const EXIT_PORT: u64 = 0xf4;
-/// Four bytes wide, as in QEMU's default configuration.
+/// Four bytes wide, as kernel unit tests configure it.
 pub const EXIT_PORT_LEN: u64 = 4;
 
 /// The exit port device.
@@ -33,9 +33,9 @@ impl BusDevice for ExitPort {
         data.fill(0);
     }
 
-    fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
-        // Only a write at the start of the port counts, of whatever width (outb, outw or outl).
-        if offset != 0 || data.is_empty() {
+    fn write(&mut self, _base: u64, _offset: u64, data: &[u8]) {
+        // As in QEMU, a write anywhere in the port's range, of any width, ends the VM.
+        if data.is_empty() {
             return;
         }
         let mut value = [0u8; 4];
@@ -73,7 +73,8 @@ mod tests {
             vec![
                 GuestExit::Verdict(3),
                 GuestExit::Verdict(0x1234),
-                GuestExit::Verdict(0x7f)
+                GuestExit::Verdict(0x7f),
+                GuestExit::Verdict(9)
             ]
         );
     }
