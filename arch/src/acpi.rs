@@ -38,6 +38,8 @@ pub const RESET_VALUE: u8 = 1;
 pub const S5_SLEEP_TYPE: u8 = 5;
 /// The IOAPIC's id in the MADT (and its ID register's reset value in KVM).
 pub const IOAPIC_ID: u8 = 0;
+/// The CMOS RTC's index port (data follows), as the DSDT describes it.
+pub const CMOS_PORT: u16 = 0x70;
 /// COM1's port and interrupt.
 const COM1_PORT: u16 = 0x3f8;
 const COM1_IRQ: u32 = 4;
@@ -125,6 +127,15 @@ fn dsdt() -> Vec<u8> {
         Name::new("_CRS".into(), &crs),
     );
     let com1 = Device::new(Path::from("_SB_.COM1"), vec![&hid_name, &uid, &crs_name]);
+    // The CMOS RTC, without an interrupt: the device raises none.
+    let rtc_hid = EISAName::new("PNP0B00");
+    let rtc_port = IO::new(CMOS_PORT, CMOS_PORT, 1, 2);
+    let rtc_crs = ResourceTemplate::new(vec![&rtc_port]);
+    let (rtc_hid_name, rtc_crs_name) = (
+        Name::new("_HID".into(), &rtc_hid),
+        Name::new("_CRS".into(), &rtc_crs),
+    );
+    let rtc = Device::new(Path::from("_SB_.RTC_"), vec![&rtc_hid_name, &rtc_crs_name]);
     let s5 = Package::new(vec![&S5_SLEEP_TYPE, &S5_SLEEP_TYPE, &0u8, &0u8]);
     let s5 = Name::new("_S5_".into(), &s5);
 
@@ -132,6 +143,7 @@ fn dsdt() -> Vec<u8> {
     let mut aml = Vec::new();
     s5.to_aml_bytes(&mut aml);
     com1.to_aml_bytes(&mut aml);
+    rtc.to_aml_bytes(&mut aml);
     table.append_slice(&aml);
     table.as_slice().to_vec()
 }

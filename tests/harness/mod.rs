@@ -195,6 +195,76 @@ impl Run {
 /// suite; tests that need a shorter limit pass --timeout themselves.
 const HARD_LIMIT: Duration = Duration::from_secs(120);
 
+/// Runs the VMM with `args` until it exits, `limit` passes, or `done` says the lines seen so far
+/// are enough; then kills it. The returned status is -1 when the VMM was stopped early.
+pub fn vmm_until(args: &[&str], limit: Duration, done: impl Fn(&[String]) -> bool) -> Run {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start vmm");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).split(b'\n') {
+            let Ok(line) = line else { break };
+            if tx
+                .send(
+                    String::from_utf8_lossy(&line)
+                        .trim_end_matches('\r')
+                        .to_owned(),
+                )
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + limit;
+    let mut lines = Vec::new();
+    let mut stopped = false;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(line) => {
+                lines.push(line);
+                if done(&lines) {
+                    stopped = true;
+                    break;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if Instant::now() > deadline {
+            stopped = true;
+            break;
+        }
+    }
+    if stopped {
+        let _ = child.kill();
+    }
+    let status = child.wait().expect("wait for vmm");
+    let _ = reader.join();
+    Run {
+        status: if stopped {
+            -1
+        } else {
+            status.code().unwrap_or(-1)
+        },
+        stdout: lines.join("\n"),
+        stderr: err.join().unwrap_or_default(),
+    }
+}
+
 /// Runs the VMM with `args`, standard input closed, and waits for it.
 pub fn vmm(args: &[&str]) -> Run {
     vmm_with_input(args, None)
@@ -247,4 +317,71 @@ pub fn vmm_with_input(args: &[&str], input: Option<&[u8]>) -> Run {
         stdout: out.join().unwrap_or_default(),
         stderr: err.join().unwrap_or_default(),
     }
+}
+
+/// A note for the person running the tests (how far a partial boot got), past libtest's capture.
+pub fn note(test: &str, what: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "NOTE {test}: {what}");
+}
+
+/// The CI kernel's cache directory (resources/linux/ci-kernel.sh: bzImage, vmlinux, modules,
+/// busybox), fetched once per test process; None, with the skip reported, on a host without apt.
+pub fn ci_kernel(test: &str) -> Option<PathBuf> {
+    if Command::new("apt-get").arg("--version").output().is_err() {
+        skip(
+            test,
+            "the CI kernel is fetched with apt-get, which this host lacks",
+        );
+        return None;
+    }
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    Some(
+        DIR.get_or_init(|| {
+            let out = Command::new("bash")
+                .arg(root().join("resources/linux/ci-kernel.sh"))
+                .output()
+                .expect("run ci-kernel.sh");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "ci-kernel.sh failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            PathBuf::from(
+                stdout
+                    .lines()
+                    .last()
+                    .expect("ci-kernel.sh prints the cache directory"),
+            )
+        })
+        .clone(),
+    )
+}
+
+/// The CI initramfs (resources/linux/mkinitramfs.py) for the kernel in `cache`, built once per
+/// test process into target/linux/.
+pub fn ci_initramfs(cache: &Path) -> PathBuf {
+    static FILE: OnceLock<PathBuf> = OnceLock::new();
+    FILE.get_or_init(|| {
+        let dir = root().join("target/linux");
+        std::fs::create_dir_all(&dir).expect("create target/linux");
+        let out = dir.join(format!("initramfs.{}.cpio", std::process::id()));
+        run_build(
+            Command::new("python3")
+                .arg(root().join("resources/linux/mkinitramfs.py"))
+                .arg(cache)
+                .arg(&out),
+            "CI initramfs",
+        );
+        out
+    })
+    .clone()
+}
+
+/// Whether KVM here is hardware-assisted (VT-x or AMD-V), where a Linux guest boots in full.
+pub fn hardware_kvm() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| {
+        c.lines()
+            .any(|l| l.starts_with("flags") && (l.contains(" vmx") || l.contains(" svm")))
+    })
 }

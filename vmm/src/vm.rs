@@ -11,8 +11,8 @@ use arch::GuestMemoryMmap;
 use arch::layout::{self, MemoryLayout};
 use devices::Bus;
 use devices::legacy::{
-    ACPI_PM_LEN, AcpiPm, EXIT_PORT, EXIT_PORT_LEN, ExitPort, I8042, I8042_DATA_PORT, IrqTrigger,
-    RxDrained, Serial,
+    ACPI_PM_LEN, AcpiPm, CMOS_PORT, CMOS_PORT_LEN, Cmos, EXIT_PORT, EXIT_PORT_LEN, ExitPort, I8042,
+    I8042_DATA_PORT, IrqTrigger, RxDrained, Serial, system_clock,
 };
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{
@@ -377,7 +377,8 @@ fn load_kernel(
     })
 }
 
-/// COM1, the i8042, the exit port and the ACPI sleep/reset registers, on the port-I/O bus.
+/// COM1, the CMOS RTC, the i8042, the exit port and the ACPI sleep/reset registers, on the port-I/O
+/// bus.
 fn add_legacy_devices(
     vm: &VmFd,
     pio: &Bus,
@@ -402,6 +403,12 @@ fn add_legacy_devices(
     })?;
     let serial = Arc::new(Mutex::new(Serial::new(IrqTrigger(irq), rx_drained, out)));
     pio.insert(COM1_PORT, 8, serial.clone())?;
+
+    pio.insert(
+        CMOS_PORT,
+        CMOS_PORT_LEN,
+        Arc::new(Mutex::new(Cmos::new(system_clock()))),
+    )?;
 
     let exit: Arc<dyn devices::ExitSink> = latch.clone();
     let i8042 = Arc::new(Mutex::new(I8042::new(exit.clone())));
@@ -512,6 +519,7 @@ mod tests {
         assert_eq!(arch::acpi::RESET_VALUE, dev::RESET_VALUE);
         assert_eq!(arch::acpi::S5_SLEEP_TYPE, dev::S5_SLEEP_TYPE);
         assert!(u64::from(arch::acpi::RESET_OFFSET) < ACPI_PM_LEN);
+        assert_eq!(u64::from(arch::acpi::CMOS_PORT), dev::CMOS_PORT);
     }
 
     #[test]
