@@ -157,7 +157,7 @@ impl Cmos {
     }
 
     fn mode(&self) -> u8 {
-        self.ram[usize::from(reg::B)]
+        self.ram(reg::B)
     }
 
     fn encode(&self, v: u8) -> u8 {
@@ -191,11 +191,11 @@ impl Cmos {
             reg::MONTH => self.encode(t.month),
             reg::YEAR => self.encode(t.year.rem_euclid(100) as u8),
             reg::CENTURY => self.encode(t.year.div_euclid(100).clamp(0, 99) as u8),
-            reg::A => self.ram[usize::from(reg::A)] & !A_UIP,
+            reg::A => self.ram(reg::A) & !A_UIP,
             // No interrupt is ever pending.
             reg::C => 0,
             reg::D => D_VRT,
-            _ => self.ram[usize::from(index & 0x7f)],
+            _ => self.ram(index),
         }
     }
 
@@ -229,13 +229,13 @@ impl Cmos {
             return;
         }
         match index {
-            reg::A => self.ram[usize::from(reg::A)] = value & !A_UIP,
+            reg::A => self.set_ram(reg::A, value & !A_UIP),
             reg::B => {
                 let was_set = self.mode() & B_SET != 0;
                 if value & B_SET != 0 && !was_set {
                     self.frozen = Some(self.now());
                 }
-                self.ram[usize::from(reg::B)] = value;
+                self.set_ram(reg::B, value);
                 if value & B_SET == 0 {
                     if let Some(t) = self.frozen.take() {
                         self.offset = t.to_unix().saturating_sub((self.clock)());
@@ -243,7 +243,7 @@ impl Cmos {
                 }
             }
             reg::C | reg::D | reg::WEEKDAY => {}
-            _ => self.ram[usize::from(index & 0x7f)] = value,
+            _ => self.set_ram(index, value),
         }
     }
 
