@@ -138,16 +138,30 @@ fn from_bcd(v: u8) -> u8 {
 impl Cmos {
     /// CMOS with the clock reading `clock`; 24-hour BCD mode, as firmware leaves it.
     pub fn new(clock: Clock) -> Self {
-        let mut ram = [0u8; 128];
-        ram[usize::from(reg::A)] = 0x26;
-        ram[usize::from(reg::B)] = B_24_HOUR;
-        ram[usize::from(reg::D)] = D_VRT;
-        Self {
+        let mut cmos = Self {
             index: 0,
-            ram,
+            ram: [0; 128],
             clock,
             offset: 0,
             frozen: None,
+        };
+        cmos.set_ram(reg::A, 0x26);
+        cmos.set_ram(reg::B, B_24_HOUR);
+        cmos.set_ram(reg::D, D_VRT);
+        cmos
+    }
+
+    /// CMOS RAM byte `index` (taken modulo 128, as the index register is 7 bits).
+    fn ram(&self, index: u8) -> u8 {
+        self.ram
+            .get(usize::from(index & 0x7f))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn set_ram(&mut self, index: u8, value: u8) {
+        if let Some(b) = self.ram.get_mut(usize::from(index & 0x7f)) {
+            *b = value;
         }
     }
 
@@ -183,7 +197,11 @@ impl Cmos {
             reg::MINUTES => self.encode(t.minute),
             reg::HOURS if self.mode() & B_24_HOUR != 0 => self.encode(t.hour),
             reg::HOURS => {
-                let h12 = if t.hour % 12 == 0 { 12 } else { t.hour % 12 };
+                let h12 = if t.hour.is_multiple_of(12) {
+                    12
+                } else {
+                    t.hour % 12
+                };
                 self.encode(h12) | if t.hour >= 12 { HOUR_PM } else { 0 }
             }
             reg::WEEKDAY => self.encode(t.weekday + 1),
@@ -236,10 +254,10 @@ impl Cmos {
                     self.frozen = Some(self.now());
                 }
                 self.set_ram(reg::B, value);
-                if value & B_SET == 0 {
-                    if let Some(t) = self.frozen.take() {
-                        self.offset = t.to_unix().saturating_sub((self.clock)());
-                    }
+                if value & B_SET == 0
+                    && let Some(t) = self.frozen.take()
+                {
+                    self.offset = t.to_unix().saturating_sub((self.clock)());
                 }
             }
             reg::C | reg::D | reg::WEEKDAY => {}
