@@ -235,6 +235,121 @@ fn bzimage_64bit_entry_gets_zero_page_cmdline_e820_rsdp_and_initramfs() {
     std::fs::remove_file(initrd).unwrap();
 }
 
+/// The line-discipline modes the VMM switches off in raw mode.
+fn terminal_modes(fd: &std::os::fd::OwnedFd) -> libc::tcflag_t {
+    let mut termios = std::mem::MaybeUninit::<libc::termios>::uninit();
+    // SAFETY: tcgetattr fills the termios of a valid terminal descriptor, checked by its result.
+    let rc = unsafe { libc::tcgetattr(std::os::fd::AsRawFd::as_raw_fd(fd), termios.as_mut_ptr()) };
+    assert_eq!(rc, 0, "tcgetattr");
+    // SAFETY: filled by the successful tcgetattr above.
+    unsafe { termios.assume_init() }.c_lflag & (libc::ICANON | libc::ECHO | libc::ISIG)
+}
+
+/// At a terminal the console is raw (the guest's echo is the only echo), Ctrl-A Ctrl-A sends a
+/// Ctrl-A, and Ctrl-A x quits with status 0; the terminal's settings are restored afterwards.
+#[test]
+fn terminal_console_is_raw_and_ctrl_a_x_quits() {
+    use std::io::{Read, Write};
+    use std::os::fd::{FromRawFd, OwnedFd};
+    if !kvm_or_skip("terminal_console_is_raw_and_ctrl_a_x_quits") {
+        return;
+    }
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: openpty writes two new descriptors into the given integers; no name, termios or size.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty");
+    // SAFETY: both descriptors were just created and are owned here alone.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let modes_before = terminal_modes(&slave);
+    let k = asm_kernel("multiboot-asm");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .args([
+            "--kernel",
+            k.to_str().unwrap(),
+            "--cmdline",
+            "echo",
+            "--timeout",
+            "60",
+        ])
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut term = std::fs::File::from(master);
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while !seen.ends_with(b"cmdline: echo\r\n") {
+        let n = term.read(&mut buf).unwrap();
+        seen.extend_from_slice(&buf[..n]);
+    }
+    term.write_all(b"typed\x01\x01z").unwrap();
+    let want = b"typed\x01z";
+    let mut echoed = Vec::new();
+    while echoed.len() < want.len() {
+        let n = term.read(&mut buf).unwrap();
+        echoed.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(echoed, want, "echoed once, by the guest only");
+    term.write_all(b"\x01x").unwrap();
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(stderr.trim_end(), "vmm: quit from the console (Ctrl-A x)");
+    assert_eq!(
+        terminal_modes(&slave),
+        modes_before,
+        "terminal modes restored"
+    );
+}
+
+/// SIGTERM stops the VM in order: every vCPU thread stops and the VMM exits with 128 + 15.
+#[test]
+fn sigterm_stops_the_vm_in_order() {
+    if !kvm_or_skip("sigterm_stops_the_vm_in_order") {
+        return;
+    }
+    let k = asm_kernel("multiboot-asm");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .args([
+            "--kernel",
+            k.to_str().unwrap(),
+            "--cmdline",
+            "hang",
+            "--cpus",
+            "2",
+            "--timeout",
+            "60",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the guest has printed, the VM (and its signal handling) is up.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{stderr}");
+    assert_eq!(stderr.trim_end(), "vmm: stopped by signal 15");
+}
+
 /// Every bad input gets exactly one line on stderr, naming the problem, and status 2.
 #[test]
 fn bad_input_gets_a_one_line_error() {

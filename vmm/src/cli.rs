@@ -11,7 +11,11 @@ Exit status:
   odd    the guest wrote v to the exit port 0xf4: status (v << 1) | 1, so v = 0 gives 1 (PASS)
   2      VMM error: bad option, unreadable or unrecognised kernel, no usable /dev/kvm
   4      the guest crashed: triple fault, KVM internal error or failed entry (registers on stderr)
-  124    --timeout expired before the guest finished";
+  124    --timeout expired before the guest finished
+  128+N  the VMM received terminating signal N (SIGTERM, SIGINT, SIGHUP) and stopped the guest
+
+Console: with --serial stdout, standard input is the guest's serial input; a terminal is put in
+raw mode, and Ctrl-A x quits (status 0), Ctrl-A Ctrl-A sends a Ctrl-A.";
 
 /// A minimal KVM virtual machine monitor whose headline feature is an emulated Intel VT-d IOMMU.
 #[derive(Debug, Parser)]

@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, IsTerminal, Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -10,6 +10,9 @@ use devices::legacy::Serial;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::terminal::Terminal;
+
+use crate::outcome::{ExitLatch, Outcome};
 
 use crate::cli::SerialOutput;
 
@@ -45,6 +48,8 @@ pub fn serial_output(choice: &SerialOutput) -> io::Result<Box<dyn Write + Send>>
 /// backlog is pending, standard input is not watched, so a fast producer waits for the guest.
 pub struct StdinInput {
     serial: Arc<Mutex<Serial>>,
+    /// Set when standard input is a terminal in raw mode: Ctrl-A escapes are interpreted.
+    escapes: Option<Escapes>,
     stdin: File,
     drained: EventFd,
     pending: VecDeque<u8>,
@@ -65,10 +70,20 @@ const BACKLOG: usize = 4096;
 
 impl StdinInput {
     /// Input for `serial`, which signals `drained` when the guest empties its receive FIFO.
-    pub fn new(serial: Arc<Mutex<Serial>>, drained: EventFd) -> io::Result<Self> {
+    /// `quit` is set when a terminal user types Ctrl-A x.
+    pub fn new(
+        serial: Arc<Mutex<Serial>>,
+        drained: EventFd,
+        quit: Arc<ExitLatch>,
+    ) -> io::Result<Self> {
         let stdin = File::from(io::stdin().as_fd().try_clone_to_owned()?);
+        let escapes = io::stdin().is_terminal().then(|| Escapes {
+            quit,
+            after_ctrl_a: false,
+        });
         Ok(Self {
             serial,
+            escapes,
             stdin,
             drained,
             pending: VecDeque::new(),
@@ -81,7 +96,13 @@ impl StdinInput {
         let mut buf = [0u8; BACKLOG];
         match self.stdin.read(&mut buf) {
             Ok(0) => self.ended = true,
-            Ok(n) => self.pending.extend(buf.iter().take(n)),
+            Ok(n) => {
+                let bytes = buf.get(..n).unwrap_or_default();
+                match &mut self.escapes {
+                    Some(escapes) => escapes.filter(bytes, &mut self.pending),
+                    None => self.pending.extend(bytes),
+                }
+            }
             Err(e)
                 if matches!(
                     e.kind(),
@@ -144,6 +165,57 @@ impl MutEventSubscriber for StdinInput {
     }
 }
 
+/// QEMU's console escapes, for a user at a terminal in raw mode: Ctrl-A x quits, Ctrl-A Ctrl-A sends
+/// one Ctrl-A; Ctrl-A followed by anything else sends both.
+struct Escapes {
+    quit: Arc<ExitLatch>,
+    after_ctrl_a: bool,
+}
+
+const CTRL_A: u8 = 0x01;
+
+impl Escapes {
+    fn filter(&mut self, bytes: &[u8], out: &mut VecDeque<u8>) {
+        for &b in bytes {
+            if self.after_ctrl_a {
+                self.after_ctrl_a = false;
+                match b {
+                    b'x' => self.quit.set(Outcome::Quit),
+                    CTRL_A => out.push_back(CTRL_A),
+                    _ => out.extend([CTRL_A, b]),
+                }
+            } else if b == CTRL_A {
+                self.after_ctrl_a = true;
+            } else {
+                out.push_back(b);
+            }
+        }
+    }
+}
+
+/// Puts a terminal on standard input into raw mode (no line editing, echo or signal keys: the
+/// guest's shell does all that) for as long as it lives.
+pub struct RawTerminal {
+    active: bool,
+}
+
+impl RawTerminal {
+    /// Raw mode if standard input is a terminal; otherwise nothing.
+    pub fn new() -> Self {
+        let stdin = io::stdin();
+        let active = stdin.is_terminal() && stdin.lock().set_raw_mode().is_ok();
+        Self { active }
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        if self.active {
+            let _ = io::stdin().lock().set_canon_mode();
+        }
+    }
+}
+
 /// Wakes the event loop when the VM's outcome is set.
 #[derive(Debug)]
 pub struct ExitWatcher {
@@ -166,5 +238,27 @@ impl MutEventSubscriber for ExitWatcher {
         if let Err(e) = ops.add(Events::new(&self.wake, EventSet::IN)) {
             log::error!("cannot watch the exit event: {e:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ctrl_a_escapes() {
+        let latch = Arc::new(ExitLatch::new(EventFd::new(0).unwrap()));
+        let mut e = Escapes {
+            quit: latch.clone(),
+            after_ctrl_a: false,
+        };
+        let mut out = VecDeque::new();
+        e.filter(b"ab\x01\x01c\x01d", &mut out);
+        assert_eq!(out.make_contiguous(), b"ab\x01c\x01d");
+        assert_eq!(latch.get(), None);
+        // An escape split across two reads still works.
+        e.filter(b"\x01", &mut out);
+        e.filter(b"x", &mut out);
+        assert_eq!(latch.get(), Some(Outcome::Quit));
     }
 }

@@ -5,6 +5,7 @@
 mod cli;
 mod console;
 mod outcome;
+mod signals;
 mod vcpu;
 mod vm;
 
@@ -69,6 +70,8 @@ fn main() {
             config.timeout.map(|t| t.as_secs_f64()).unwrap_or_default()
         )),
         Outcome::Error(msg) => report(msg),
+        Outcome::Quit => report("quit from the console (Ctrl-A x)"),
+        Outcome::Signal(signo) => report(&format!("stopped by signal {signo}")),
         _ => {}
     }
     std::process::exit(outcome.exit_status());

@@ -19,6 +19,10 @@ pub enum Outcome {
     Crash,
     /// `--timeout` expired.
     Timeout,
+    /// The user quit from the console (Ctrl-A x).
+    Quit,
+    /// The VMM received this terminating signal (SIGTERM, SIGINT, SIGHUP) and stopped the VM.
+    Signal(i32),
     /// The VMM itself failed while the guest ran.
     Error(String),
 }
@@ -35,7 +39,9 @@ impl Outcome {
     /// can always tell them apart; like QEMU's isa-debug-exit, the status keeps the low 8 bits.
     pub fn exit_status(&self) -> i32 {
         match self {
-            Outcome::PowerOff | Outcome::Reset => 0,
+            Outcome::PowerOff | Outcome::Reset | Outcome::Quit => 0,
+            // As a shell reports a process killed by the signal.
+            Outcome::Signal(signo) => 128 + signo,
             Outcome::Verdict(v) => ((v << 1) | 1) as i32 & 0xff,
             Outcome::Crash => STATUS_CRASH,
             Outcome::Timeout => STATUS_TIMEOUT,
@@ -110,6 +116,7 @@ mod tests {
         assert_eq!(Outcome::Verdict(0x80).exit_status(), 1);
         assert_eq!(Outcome::PowerOff.exit_status(), 0);
         assert_eq!(Outcome::Reset.exit_status(), 0);
+        assert_eq!(Outcome::Signal(15).exit_status(), 143);
         for s in [STATUS_ERROR, STATUS_CRASH, STATUS_TIMEOUT] {
             assert_eq!(
                 s % 2,

@@ -27,8 +27,9 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 use crate::cli::SerialOutput;
-use crate::console::{ExitWatcher, StdinInput, serial_output};
+use crate::console::{ExitWatcher, RawTerminal, StdinInput, serial_output};
 use crate::outcome::{ExitLatch, Outcome};
+use crate::signals::SignalWatcher;
 use crate::vcpu;
 
 /// What to run.
@@ -427,10 +428,10 @@ fn add_legacy_devices(
     Ok((serial, drained))
 }
 
-/// Runs the event loop (console input, the exit event) until the VM's outcome is set or the
-/// timeout expires.
+/// Runs the event loop (console input, terminating signals, the exit event) until the VM's outcome
+/// is set or the timeout expires. A terminal on standard input is in raw mode meanwhile.
 fn wait_for_end(
-    latch: &ExitLatch,
+    latch: &Arc<ExitLatch>,
     wake: EventFd,
     (serial, rx_drained): (Arc<Mutex<Serial>>, EventFd),
     serial_out: &SerialOutput,
@@ -443,8 +444,16 @@ fn wait_for_end(
         Err(e) => return Outcome::Error(format!("cannot create the event loop: {e:?}")),
     };
     events.add_subscriber(Box::new(ExitWatcher::new(wake)));
+    match SignalWatcher::install(latch.clone()) {
+        Ok(watcher) => {
+            events.add_subscriber(Box::new(watcher));
+        }
+        Err(e) => log::warn!("terminating signals will not stop the VM in order: {e}"),
+    }
+    // Dropped (the terminal restored) when this function returns, before the VMM prints or exits.
+    let _raw = (*serial_out == SerialOutput::Stdout).then(RawTerminal::new);
     if *serial_out == SerialOutput::Stdout {
-        match StdinInput::new(serial, rx_drained) {
+        match StdinInput::new(serial, rx_drained, latch.clone()) {
             Ok(input) => {
                 events.add_subscriber(Box::new(input));
             }
