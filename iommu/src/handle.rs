@@ -1,0 +1,183 @@
+//! The per-device DMA handle: what a device gets when it is attached behind the unit, and uses for
+//! every DMA. It implements vm-memory's `Iommu`, keeping its own IOTLB of the translations it used
+//! (a range map from IOVA to guest-physical address). That cache belongs to one generation of the
+//! unit's caches: when any invalidation, translation switch or new root table moves the generation,
+//! the handle drops it on its next translation, so a completed invalidation is never undone by it.
+
+use std::ops::Deref;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
+
+use vm_memory::iommu::{Error as IommuError, IotlbIterator, IovaRange};
+use vm_memory::{GuestAddress, Iommu, Iotlb, Permissions};
+
+use crate::spec::INTERRUPT_RANGE;
+use crate::translate::Access;
+use crate::unit::{Inner, Mapping};
+
+/// The translations a handle has used, valid for one generation of the unit's caches.
+#[derive(Debug, Default)]
+pub struct Local {
+    generation: u64,
+    iotlb: Iotlb,
+}
+
+/// Read access to a handle's IOTLB, as `IotlbIterator` holds it.
+#[derive(Debug)]
+pub struct LocalGuard<'a>(RwLockReadGuard<'a, Local>);
+
+impl Deref for LocalGuard<'_> {
+    type Target = Iotlb;
+
+    fn deref(&self) -> &Iotlb {
+        &self.0.iotlb
+    }
+}
+
+/// One device's view of DMA through the unit.
+#[derive(Debug)]
+pub struct DeviceHandle {
+    unit: Arc<Inner>,
+    sid: u16,
+    local: RwLock<Local>,
+}
+
+/// Identity mappings are cached in spans of this size (aligned), so untranslated DMA costs one
+/// lookup per gigabyte rather than per page.
+const IDENTITY_SPAN_SHIFT: u32 = 30;
+
+fn access_of(p: Permissions) -> Access {
+    Access {
+        read: matches!(p, Permissions::Read | Permissions::ReadWrite),
+        write: matches!(p, Permissions::Write | Permissions::ReadWrite),
+    }
+}
+
+fn permissions(read: bool, write: bool) -> Permissions {
+    match (read, write) {
+        (true, true) => Permissions::ReadWrite,
+        (true, false) => Permissions::Read,
+        (false, true) => Permissions::Write,
+        (false, false) => Permissions::No,
+    }
+}
+
+impl DeviceHandle {
+    pub(crate) fn new(unit: Arc<Inner>, sid: u16) -> Self {
+        let local = Local {
+            generation: unit.generation(),
+            iotlb: Iotlb::new(),
+        };
+        Self {
+            unit,
+            sid,
+            local: RwLock::new(local),
+        }
+    }
+
+    /// The requester id this handle translates for.
+    pub fn requester_id(&self) -> u16 {
+        self.sid
+    }
+
+    fn fail(iova: u64, length: usize, reason: String) -> IommuError {
+        IommuError::CannotResolve {
+            iova_range: IovaRange {
+                base: GuestAddress(iova),
+                length,
+            },
+            reason,
+        }
+    }
+
+    /// Resolves `[start, end)` page by page through the unit into the local IOTLB. On a fault, the
+    /// fault is recorded and the error returned.
+    fn resolve(
+        &self,
+        local: &mut Local,
+        start: u64,
+        end: u64,
+        access: Access,
+        generation: u64,
+    ) -> Result<(), IommuError> {
+        let mut at = start;
+        while at < end {
+            match self.unit.translate_page(self.sid, at, access, generation) {
+                Ok(Mapping::Identity) => {
+                    let base = at >> IDENTITY_SPAN_SHIFT << IDENTITY_SPAN_SHIFT;
+                    let len = 1u64 << IDENTITY_SPAN_SHIFT;
+                    let _ = local.iotlb.set_mapping(
+                        GuestAddress(base),
+                        GuestAddress(base),
+                        len as usize,
+                        Permissions::ReadWrite,
+                    );
+                    at = base.saturating_add(len);
+                }
+                Ok(Mapping::Leaf(leaf)) => {
+                    let len = 1u64 << leaf.shift;
+                    let _ = local.iotlb.set_mapping(
+                        GuestAddress(leaf.iova_base),
+                        GuestAddress(leaf.gpa_base),
+                        len as usize,
+                        permissions(leaf.read, leaf.write),
+                    );
+                    at = leaf.iova_base.saturating_add(len);
+                }
+                Err(failure) => {
+                    self.unit.report_fault(self.sid, at, access, failure);
+                    return Err(Self::fail(
+                        at,
+                        1,
+                        format!("DMA remapping fault {:?}", failure.reason),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Iommu for DeviceHandle {
+    type IotlbGuard<'a> = LocalGuard<'a>;
+
+    fn translate(
+        &self,
+        iova: GuestAddress,
+        length: usize,
+        access: Permissions,
+    ) -> Result<IotlbIterator<LocalGuard<'_>>, IommuError> {
+        let start = iova.0;
+        let end = start
+            .checked_add(length as u64)
+            .ok_or_else(|| Self::fail(start, length, "range wraps around".into()))?;
+        // Requests to the interrupt range are interrupt messages, never translated DMA.
+        if length > 0 && start <= *INTERRUPT_RANGE.end() && *INTERRUPT_RANGE.start() < end {
+            return Err(Self::fail(start, length, "interrupt address range".into()));
+        }
+        let generation = self.unit.generation();
+        {
+            let local = self.local.read().unwrap_or_else(PoisonError::into_inner);
+            if local.generation == generation
+                && let Ok(found) = Iotlb::lookup(LocalGuard(local), iova, length, access)
+            {
+                return Ok(found);
+            }
+        }
+        let mut local = self.local.write().unwrap_or_else(PoisonError::into_inner);
+        if local.generation != generation {
+            local.iotlb.invalidate_all();
+            local.generation = generation;
+        }
+        self.resolve(
+            &mut local,
+            start & !0xfff,
+            end,
+            access_of(access),
+            generation,
+        )?;
+        drop(local);
+        let local = self.local.read().unwrap_or_else(PoisonError::into_inner);
+        Iotlb::lookup(LocalGuard(local), iova, length, access)
+            .map_err(|fails| Self::fail(start, length, format!("not mapped: {fails:?}")))
+    }
+}

@@ -1,0 +1,307 @@
+//! The unit's shared state, translation through its caches, and fault recording.
+//!
+//! Locks: `regs` (the register file, taken by MMIO and to record faults), then at most one of
+//! `contexts` and `iotlb` at a time. Translation takes only the cache locks, and records faults after
+//! releasing them; MSIs are sent after `regs` is released, so an MSI sender may call back freely.
+//!
+//! Exact invalidation: every invalidation changes the caches under their write lock and then bumps
+//! `generation`. A translation notes the generation before it looks anything up and inserts what
+//! it walked only if the generation is unchanged, so a walk that raced with an invalidation never
+//! re-inserts what the invalidation removed. Device handles drop their own cached translations when
+//! the generation moves.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::Memory;
+use crate::cache::{ContextCache, Iotlb};
+use crate::config::{Config, ConfigError};
+use crate::handle::DeviceHandle;
+use crate::regs::Regs;
+use crate::spec::{FaultReason, granularity};
+use crate::translate::{self, Access, Context, ContextKind, Leaf};
+
+/// An interrupt message: the address and data a device (here, the unit) writes to signal an MSI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MsiMessage {
+    /// Address (FEUADDR:FEADDR or IEUADDR:IEADDR).
+    pub address: u64,
+    /// Data (FEDATA or IEDATA).
+    pub data: u32,
+}
+
+/// Delivers the unit's fault-event and invalidation-event interrupts; the VMM implements it.
+pub trait MsiSender: Send + Sync {
+    /// Sends `msg`. Called without any of the unit's locks held.
+    fn send(&self, msg: MsiMessage);
+}
+
+/// Counters for the VMM's statistics line.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Pages translated for devices (cache hits and walks), through the unit.
+    pub translations: AtomicU64,
+    /// IOTLB hits.
+    pub iotlb_hits: AtomicU64,
+    /// IOTLB misses.
+    pub iotlb_misses: AtomicU64,
+    /// Second-level page walks.
+    pub walks: AtomicU64,
+    /// Context-cache invalidations.
+    pub inv_context: AtomicU64,
+    /// Global IOTLB invalidations.
+    pub inv_global: AtomicU64,
+    /// Domain-selective IOTLB invalidations.
+    pub inv_domain: AtomicU64,
+    /// Page-selective IOTLB invalidations.
+    pub inv_page: AtomicU64,
+    /// Invalidation wait descriptors.
+    pub inv_wait: AtomicU64,
+    /// Faults detected (recorded or not).
+    pub faults: AtomicU64,
+}
+
+fn count(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What a page of a device's address space maps to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mapping {
+    /// Untranslated: translation is off, or the context is pass-through.
+    Identity,
+    /// A second-level leaf.
+    Leaf(Leaf),
+}
+
+/// A translation failure: the reason, and whether recording it is suppressed (FPD).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Failure {
+    pub reason: FaultReason,
+    pub fpd: bool,
+}
+
+/// The state shared by the unit and every device handle.
+pub(crate) struct Inner {
+    pub config: Config,
+    pub cap: u64,
+    pub ecap: u64,
+    pub mem: Arc<Memory>,
+    msi: Arc<dyn MsiSender>,
+    pub regs: Mutex<Regs>,
+    /// GSTS.TES, readable without the register lock.
+    pub te: AtomicBool,
+    /// The root table pointer latched by the last SRTP.
+    pub root_table: AtomicU64,
+    pub generation: AtomicU64,
+    contexts: RwLock<ContextCache>,
+    iotlb: RwLock<Iotlb>,
+    pub stats: Stats,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemappingUnit")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Inner {
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    fn bump(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn send(&self, msgs: Vec<MsiMessage>) {
+        for m in msgs {
+            self.msi.send(m);
+        }
+    }
+
+    /// The context of `sid`, from the cache or the tables.
+    fn context(&self, sid: u16, generation: u64) -> Result<Context, FaultReason> {
+        if let Some(c) = read(&self.contexts).get(sid) {
+            return Ok(c);
+        }
+        let root = self.root_table.load(Ordering::SeqCst);
+        let ctx = translate::lookup_context(&self.mem, &self.config, root, sid)?;
+        let mut cache = write(&self.contexts);
+        if self.generation() == generation {
+            cache.insert(sid, ctx);
+        }
+        Ok(ctx)
+    }
+
+    /// Translates the page of `iova` for device `sid`. `generation` is the generation the caller
+    /// noted before starting.
+    pub fn translate_page(
+        &self,
+        sid: u16,
+        iova: u64,
+        access: Access,
+        generation: u64,
+    ) -> Result<Mapping, Failure> {
+        count(&self.stats.translations);
+        if !self.te.load(Ordering::SeqCst) {
+            return Ok(Mapping::Identity);
+        }
+        let ctx = self
+            .context(sid, generation)
+            .map_err(|reason| Failure { reason, fpd: false })?;
+        let fail = |reason| Failure {
+            reason,
+            fpd: ctx.fpd,
+        };
+        let ContextKind::Translated { table, levels } = ctx.kind else {
+            return Ok(Mapping::Identity);
+        };
+        if let Some(leaf) = read(&self.iotlb).lookup(ctx.did, iova) {
+            count(&self.stats.iotlb_hits);
+            return if leaf.allows(access) {
+                Ok(Mapping::Leaf(leaf))
+            } else {
+                Err(fail(access.denied()))
+            };
+        }
+        count(&self.stats.iotlb_misses);
+        count(&self.stats.walks);
+        let leaf =
+            translate::walk(&self.mem, &self.config, table, levels, iova, access).map_err(fail)?;
+        let mut iotlb = write(&self.iotlb);
+        if self.generation() == generation {
+            iotlb.insert(ctx.did, leaf);
+        }
+        Ok(Mapping::Leaf(leaf))
+    }
+
+    /// Records a translation fault of `sid` at `iova` (unless its context disables that), and
+    /// raises the fault event.
+    pub fn report_fault(&self, sid: u16, iova: u64, access: Access, failure: Failure) {
+        count(&self.stats.faults);
+        if failure.fpd && failure.reason.qualified() {
+            return;
+        }
+        log::debug!(
+            "DMA fault: device {sid:#06x} at {iova:#x}: {:?}",
+            failure.reason
+        );
+        let msgs = lock(&self.regs).record_fault(sid, iova, failure.reason, !access.write);
+        self.send(msgs);
+    }
+
+    /// Context-cache invalidation; returns the granularity performed.
+    pub fn invalidate_context(&self, gran: u64, did: u16, sid: u16, function_mask: u8) -> u64 {
+        count(&self.stats.inv_context);
+        let mut cache = write(&self.contexts);
+        match gran {
+            granularity::DOMAIN => cache.invalidate_domain(did),
+            granularity::DEVICE_OR_PAGE => cache.invalidate_device(sid, function_mask),
+            _ => cache.clear(),
+        }
+        self.bump();
+        gran
+    }
+
+    /// IOTLB invalidation; returns the granularity performed (a page-selective request beyond the
+    /// unit's PSI support is done domain-wide, as the spec allows).
+    pub fn invalidate_iotlb(&self, gran: u64, did: u16, addr: u64, am: u32) -> u64 {
+        let mut iotlb = write(&self.iotlb);
+        let done = match gran {
+            granularity::DOMAIN => {
+                iotlb.invalidate_domain(did);
+                count(&self.stats.inv_domain);
+                granularity::DOMAIN
+            }
+            granularity::DEVICE_OR_PAGE
+                if self.config.page_selective && am <= u32::from(self.config.max_address_mask) =>
+            {
+                iotlb.invalidate_pages(did, addr, am);
+                count(&self.stats.inv_page);
+                granularity::DEVICE_OR_PAGE
+            }
+            granularity::DEVICE_OR_PAGE => {
+                iotlb.invalidate_domain(did);
+                count(&self.stats.inv_domain);
+                granularity::DOMAIN
+            }
+            _ => {
+                iotlb.clear();
+                count(&self.stats.inv_global);
+                granularity::GLOBAL
+            }
+        };
+        self.bump();
+        done
+    }
+
+    /// Translation switched on or off, or a new root table: handles must look again.
+    pub fn translation_changed(&self) {
+        self.bump();
+    }
+}
+
+/// One VT-d remapping unit.
+#[derive(Clone, Debug)]
+pub struct RemappingUnit {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl RemappingUnit {
+    /// A unit in its reset state (translation off, fault event masked) over `mem`, sending its
+    /// interrupts through `msi`.
+    pub fn new(
+        config: Config,
+        mem: Arc<Memory>,
+        msi: Arc<dyn MsiSender>,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let inner = Inner {
+            cap: config.cap(),
+            ecap: config.ecap(),
+            regs: Mutex::new(Regs::new(usize::from(config.fault_records))),
+            contexts: RwLock::new(ContextCache::new(config.context_cache_capacity)),
+            iotlb: RwLock::new(Iotlb::new(config.iotlb_capacity)),
+            config,
+            mem,
+            msi,
+            te: AtomicBool::new(false),
+            root_table: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+            stats: Stats::default(),
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The handle through which device `sid` (bus << 8 | device << 3 | function) does its DMA.
+    pub fn attach(&self, sid: u16) -> DeviceHandle {
+        DeviceHandle::new(self.inner.clone(), sid)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Stats {
+        &self.inner.stats
+    }
+}
