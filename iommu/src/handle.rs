@@ -3,6 +3,9 @@
 //! (a range map from IOVA to guest-physical address). That cache belongs to one generation of the
 //! unit's caches: when any invalidation, translation switch or new root table moves the generation,
 //! the handle drops it on its next translation, so a completed invalidation is never undone by it.
+//! It is a small first level in front of the unit's IOTLB (which evicts one entry at a time): when
+//! it has taken [`LOCAL_CAPACITY`] mappings since it was last emptied it starts over, so a guest
+//! that maps without ever invalidating cannot make it grow without bound.
 
 use std::ops::Deref;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
@@ -19,6 +22,27 @@ use crate::unit::{Inner, Mapping};
 pub struct Local {
     generation: u64,
     iotlb: Iotlb,
+    /// Mappings inserted since the cache was last emptied.
+    inserted: usize,
+}
+
+/// Mappings a handle's own cache takes before it starts over.
+pub const LOCAL_CAPACITY: usize = 1024;
+
+impl Local {
+    fn insert(&mut self, iova: u64, gpa: u64, len: u64, perms: Permissions) {
+        if self.inserted >= LOCAL_CAPACITY {
+            self.iotlb.invalidate_all();
+            self.inserted = 0;
+        }
+        self.inserted += 1;
+        // set_mapping cannot fail; a length beyond usize (no leaf is) would only skip caching.
+        if let Ok(len) = usize::try_from(len) {
+            let _ = self
+                .iotlb
+                .set_mapping(GuestAddress(iova), GuestAddress(gpa), len, perms);
+        }
+    }
 }
 
 /// Read access to a handle's IOTLB, as `IotlbIterator` holds it.
@@ -66,12 +90,22 @@ impl DeviceHandle {
         let local = Local {
             generation: unit.generation(),
             iotlb: Iotlb::new(),
+            inserted: 0,
         };
         Self {
             unit,
             sid,
             local: RwLock::new(local),
         }
+    }
+
+    /// Mappings in this handle's own cache (for tests of its bound).
+    #[cfg(test)]
+    pub(crate) fn cached_mappings(&self) -> usize {
+        self.local
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .inserted
     }
 
     /// The requester id this handle translates for.
@@ -105,20 +139,15 @@ impl DeviceHandle {
                 Ok(Mapping::Identity) => {
                     let base = at >> IDENTITY_SPAN_SHIFT << IDENTITY_SPAN_SHIFT;
                     let len = 1u64 << IDENTITY_SPAN_SHIFT;
-                    let _ = local.iotlb.set_mapping(
-                        GuestAddress(base),
-                        GuestAddress(base),
-                        len as usize,
-                        Permissions::ReadWrite,
-                    );
+                    local.insert(base, base, len, Permissions::ReadWrite);
                     at = base.saturating_add(len);
                 }
                 Ok(Mapping::Leaf(leaf)) => {
                     let len = 1u64 << leaf.shift;
-                    let _ = local.iotlb.set_mapping(
-                        GuestAddress(leaf.iova_base),
-                        GuestAddress(leaf.gpa_base),
-                        len as usize,
+                    local.insert(
+                        leaf.iova_base,
+                        leaf.gpa_base,
+                        len,
                         permissions(leaf.read, leaf.write),
                     );
                     at = leaf.iova_base.saturating_add(len);
@@ -166,6 +195,7 @@ impl Iommu for DeviceHandle {
         let mut local = self.local.write().unwrap_or_else(PoisonError::into_inner);
         if local.generation != generation {
             local.iotlb.invalidate_all();
+            local.inserted = 0;
             local.generation = generation;
         }
         self.resolve(

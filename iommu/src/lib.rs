@@ -23,7 +23,7 @@ mod translate;
 mod unit;
 
 pub use config::{Config, ConfigError};
-pub use handle::DeviceHandle;
+pub use handle::{DeviceHandle, LOCAL_CAPACITY};
 pub use translate::Access;
 pub use unit::{MsiMessage, MsiSender, RemappingUnit, Stats};
 
@@ -35,5 +35,7 @@ pub(crate) fn unit_lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_,
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests;
