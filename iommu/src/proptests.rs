@@ -15,7 +15,9 @@ impl MsiSender for Discard {
     fn send(&self, _msg: MsiMessage) {}
 }
 
-const MEM: u64 = 2 << 20;
+/// Large enough for a root table, context tables, page tables and a queue; small enough to fill
+/// for every case.
+const MEM: u64 = 256 << 10;
 
 /// Guest memory filled from `seed` (xorshift), so that every table the unit reads is garbage.
 fn garbage_memory(seed: u64) -> Arc<Memory> {
