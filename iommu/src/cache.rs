@@ -211,6 +211,29 @@ impl Iotlb {
             .checked_shl(span)
             .unwrap_or(0);
         let end = start.saturating_add(1u64.checked_shl(span).unwrap_or(u64::MAX));
+        if am <= 9 {
+            // At most 512 small pages, inside one 2 MiB and one 1 GiB region: probe the keys that
+            // can overlap instead of scanning the whole IOTLB.
+            let small = (0..1u64 << am).map(|i| Key {
+                did,
+                shift: 12,
+                page: (start >> 12) + i,
+            });
+            let large = [21, 30].map(|shift| Key {
+                did,
+                shift,
+                page: start >> shift,
+            });
+            for key in small.chain(large) {
+                if let Some(i) = self.index.remove(&key) {
+                    if let Some(s) = self.slots.get_mut(i) {
+                        *s = None;
+                    }
+                    self.free.push(i);
+                }
+            }
+            return;
+        }
         self.remove_if(|k| {
             let leaf_start = k.page << k.shift;
             let leaf_end = leaf_start.saturating_add(1 << k.shift);
