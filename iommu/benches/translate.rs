@@ -6,13 +6,14 @@
 //! - `psi_then_walk`: a page-selective invalidation of the page (queued, with a wait
 //!   descriptor), then its translation, which must walk 4 levels;
 //! - `psi`, `dsi`: the invalidations alone. The walk costs `psi_then_walk` minus `psi`.
+//! - `native/...`: the same through `DeviceHandle::translate_one`, the lock-free native path.
 
 use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use iommu::spec::{desc, gcmd, reg};
-use iommu::{Config, DeviceHandle, Memory, MsiMessage, MsiSender, RemappingUnit};
+use iommu::{Access, Config, DeviceHandle, Memory, MsiMessage, MsiSender, RemappingUnit};
 use vm_memory::{Bytes, GuestAddress, Iommu, Permissions};
 
 struct NoMsi;
@@ -127,6 +128,27 @@ fn benches(c: &mut Criterion) {
         })
     });
     c.bench_function("psi", |bn| bn.iter(|| b.invalidate(psi.0, psi.1)));
+
+    b.handle.translate_one(base, Access::READ).unwrap();
+    c.bench_function("native/hit_one_page", |bn| {
+        bn.iter(|| black_box(b.handle.translate_one(black_box(base), Access::READ)))
+    });
+    let mut group = c.benchmark_group("native");
+    group.throughput(Throughput::Elements(256));
+    group.bench_function("stream_1MiB", |bn| {
+        bn.iter(|| {
+            for i in 0..256u64 {
+                black_box(b.handle.translate_one(base + i * 0x1000, Access::READ)).unwrap();
+            }
+        })
+    });
+    group.finish();
+    c.bench_function("native/psi_then_walk", |bn| {
+        bn.iter(|| {
+            b.invalidate(psi.0, psi.1);
+            black_box(b.handle.translate_one(base, Access::READ))
+        })
+    });
     c.bench_function("dsi", |bn| {
         bn.iter(|| b.invalidate(desc::IOTLB | (2 << 4) | (DID << 16), 0))
     });

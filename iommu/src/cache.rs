@@ -3,21 +3,54 @@
 //! the clock algorithm, so recently used translations stay), never by flushing everything.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::translate::{Context, Leaf};
 
+/// A multiply-rotate hasher for the caches' small integer keys: a few cycles where SipHash costs
+/// tens of nanoseconds per lookup. It does not resist chosen collisions; a guest that crafts them
+/// slows only its own devices' translations, and the maps are bounded by the caches' capacities.
+#[derive(Default)]
+pub(crate) struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+type KeyMap<K, V> = HashMap<K, V, BuildHasherDefault<KeyHasher>>;
+
 /// Context entries by source id.
 #[derive(Debug)]
 pub(crate) struct ContextCache {
-    map: HashMap<u16, Context>,
+    map: KeyMap<u16, Context>,
     capacity: usize,
 }
 
 impl ContextCache {
     pub fn new(capacity: usize) -> Self {
         Self {
-            map: HashMap::new(),
+            map: KeyMap::default(),
             capacity: capacity.max(1),
         }
     }
@@ -81,7 +114,7 @@ struct Slot {
 #[derive(Debug)]
 pub(crate) struct Iotlb {
     slots: Vec<Option<Slot>>,
-    index: HashMap<Key, usize>,
+    index: KeyMap<Key, usize>,
     free: Vec<usize>,
     hand: usize,
     capacity: usize,
@@ -94,7 +127,7 @@ impl Iotlb {
     pub fn new(capacity: usize) -> Self {
         Self {
             slots: Vec::new(),
-            index: HashMap::new(),
+            index: KeyMap::default(),
             free: Vec::new(),
             hand: 0,
             capacity: capacity.max(1),

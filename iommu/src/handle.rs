@@ -8,11 +8,12 @@
 //! that maps without ever invalidating cannot make it grow without bound.
 
 use std::ops::Deref;
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 
 use vm_memory::iommu::{Error as IommuError, IotlbIterator, IovaRange};
 use vm_memory::{GuestAddress, Iommu, Iotlb, Permissions};
 
+use crate::fast::{FastCache, Hit};
 use crate::spec::INTERRUPT_RANGE;
 use crate::translate::Access;
 use crate::unit::{Inner, Mapping};
@@ -63,11 +64,36 @@ pub struct DeviceHandle {
     unit: Arc<Inner>,
     sid: u16,
     local: RwLock<Local>,
+    /// The native path's lock-free cache, and the lock that serialises its writers.
+    fast: FastCache,
+    fast_fill: Mutex<()>,
+}
+
+/// Why a DMA through the native path failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DmaFault {
+    /// The address is in the interrupt range: an interrupt message, not a DMA.
+    #[error("{0:#x} is in the interrupt address range")]
+    InterruptRange(u64),
+    /// Translation failed; the fault was recorded (unless the context's FPD suppresses it).
+    #[error("DMA remapping fault {reason:?} at {iova:#x}")]
+    Remapping {
+        /// The faulting address.
+        iova: u64,
+        /// The spec's fault reason.
+        reason: crate::spec::FaultReason,
+    },
 }
 
 /// Identity mappings are cached in spans of this size (aligned), so untranslated DMA costs one
 /// lookup per gigabyte rather than per page.
 const IDENTITY_SPAN_SHIFT: u32 = 30;
+
+/// The address of `iova` within `hit`, and the bytes left in the leaf from there.
+fn resolve(hit: Hit, iova: u64) -> (u64, u64) {
+    let offset = iova - hit.iova_base;
+    (hit.gpa_base + offset, (1u64 << hit.shift) - offset)
+}
 
 fn access_of(p: Permissions) -> Access {
     Access {
@@ -96,6 +122,8 @@ impl DeviceHandle {
             unit,
             sid,
             local: RwLock::new(local),
+            fast: FastCache::new(),
+            fast_fill: Mutex::new(()),
         }
     }
 
@@ -106,6 +134,62 @@ impl DeviceHandle {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .inserted
+    }
+
+    /// The native translation path: the guest-physical address of `iova` and how many bytes from
+    /// it stay within the same leaf (so a device moves `min(len, that)` bytes, then translates the
+    /// next address). A hit costs a few atomic loads; a miss goes through the unit's caches and
+    /// tables, and a failure records the fault.
+    pub fn translate_one(&self, iova: u64, access: Access) -> Result<(u64, u64), DmaFault> {
+        if INTERRUPT_RANGE.contains(&iova) {
+            return Err(DmaFault::InterruptRange(iova));
+        }
+        let generation = self.unit.generation();
+        let hit = match self.fast.lookup(iova, generation) {
+            Some(hit) => hit,
+            None => self.fill(iova, access, generation)?,
+        };
+        if (access.read && !hit.read) || (access.write && !hit.write) {
+            return self
+                .fill(iova, access, generation)
+                .map(|h| resolve(h, iova));
+        }
+        Ok(resolve(hit, iova))
+    }
+
+    fn fill(&self, iova: u64, access: Access, generation: u64) -> Result<Hit, DmaFault> {
+        let hit = match self.unit.translate_page(self.sid, iova, access, generation) {
+            Ok(Mapping::Identity) => {
+                let base = iova >> IDENTITY_SPAN_SHIFT << IDENTITY_SPAN_SHIFT;
+                Hit {
+                    iova_base: base,
+                    gpa_base: base,
+                    shift: IDENTITY_SPAN_SHIFT,
+                    read: true,
+                    write: true,
+                }
+            }
+            Ok(Mapping::Leaf(l)) => Hit {
+                iova_base: l.iova_base,
+                gpa_base: l.gpa_base,
+                shift: l.shift,
+                read: l.read,
+                write: l.write,
+            },
+            Err(failure) => {
+                self.unit.report_fault(self.sid, iova, access, failure);
+                return Err(DmaFault::Remapping {
+                    iova,
+                    reason: failure.reason,
+                });
+            }
+        };
+        let _writer = self
+            .fast_fill
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.fast.insert(iova, hit, generation);
+        Ok(hit)
     }
 
     /// The requester id this handle translates for.

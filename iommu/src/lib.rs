@@ -15,6 +15,7 @@
 
 mod cache;
 mod config;
+mod fast;
 mod handle;
 mod qi;
 mod regs;
@@ -23,7 +24,7 @@ mod translate;
 mod unit;
 
 pub use config::{Config, ConfigError};
-pub use handle::{DeviceHandle, LOCAL_CAPACITY};
+pub use handle::{DeviceHandle, DmaFault, LOCAL_CAPACITY};
 pub use translate::Access;
 pub use unit::{MsiMessage, MsiSender, RemappingUnit, Stats};
 

@@ -3,10 +3,9 @@
 //! descriptor (unknown or unsupported type, reserved bits, a status write outside memory) sets
 //! FSTS.IQE with IQH left on it, and nothing more is fetched until software clears IQE.
 
-use vm_memory::{Bytes, GuestAddress};
-
 use crate::regs::Regs;
 use crate::spec::{desc, fsts, gcmd, iq};
+use crate::translate::{read_u64, write_u32};
 use crate::unit::{Inner, MsiMessage};
 
 /// Bits each descriptor type may set; any other set bit is a reserved-field error.
@@ -46,10 +45,10 @@ pub(crate) fn process(inner: &Inner, regs: &mut Regs, out: &mut Vec<MsiMessage>)
     let mut head = (regs.iqh >> 4) % entries;
     while head != tail {
         let at = base.wrapping_add(head * 16);
-        let lo = inner.mem.read_obj::<u64>(GuestAddress(at));
-        let hi = inner.mem.read_obj::<u64>(GuestAddress(at.wrapping_add(8)));
+        let lo = read_u64(&inner.mem, at);
+        let hi = read_u64(&inner.mem, at.wrapping_add(8));
         let ok = match (lo, hi) {
-            (Ok(lo), Ok(hi)) => execute(inner, regs, lo, hi, out),
+            (Some(lo), Some(hi)) => execute(inner, regs, lo, hi, out),
             _ => false,
         };
         if !ok {
@@ -101,11 +100,7 @@ fn execute(inner: &Inner, regs: &mut Regs, lo: u64, hi: u64, out: &mut Vec<MsiMe
             // Everything before this descriptor has taken effect: invalidations are synchronous.
             if lo & desc::WAIT_SW != 0 {
                 let status = (lo >> 32) as u32;
-                if inner
-                    .mem
-                    .write_obj(status, GuestAddress(hi & allowed::WAIT_HI))
-                    .is_err()
-                {
+                if write_u32(&inner.mem, hi & allowed::WAIT_HI, status).is_none() {
                     return false;
                 }
             }

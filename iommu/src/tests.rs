@@ -801,27 +801,33 @@ fn no_translation_uses_an_entry_invalidated_before_it_began() {
     rig.enable_qi();
     let t = rig.context(SID, 3, 4);
     const IOVA: u64 = 0x40_0000;
-    let version_page = |k: u64| (k % 512) << 12;
+    // Version k lives at page k: 2000 pages stay below the tables at 32 MiB.
+    let version_page = |k: u64| k << 12;
     rig.map(t, 4, IOVA, version_page(0), 12, RW);
     rig.enable_translation();
     let pte = rig.pte(t, 4, IOVA);
     let status = rig.alloc();
     let published = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let devices: Vec<_> = (0..2)
-        .map(|_| {
+    // One device uses the vm-memory trait path, the other the native path.
+    let devices: Vec<_> = [false, true]
+        .into_iter()
+        .map(|native| {
             let h = rig.unit.attach(SID);
             let (published, stop) = (published.clone(), stop.clone());
             std::thread::spawn(move || {
                 let mut checked = 0u64;
                 while !stop.load(Ordering::SeqCst) {
                     let floor = published.load(Ordering::SeqCst);
-                    let got = dma(&h, IOVA, 8, Permissions::Read).unwrap()[0].0;
-                    // Versions wrap at 512; the driver stays far below that distance ahead.
+                    let got = if native {
+                        h.translate_one(IOVA, crate::Access::READ).unwrap().0
+                    } else {
+                        dma(&h, IOVA, 8, Permissions::Read).unwrap()[0].0
+                    };
                     let k = got >> 12;
                     assert!(
-                        (k + 512 - floor % 512) % 512 < 256,
-                        "saw version {k} after {floor} was published"
+                        k >= floor,
+                        "saw version {k} after {floor} was published (native path: {native})"
                     );
                     checked += 1;
                 }
@@ -839,4 +845,55 @@ fn no_translation_uses_an_entry_invalidated_before_it_began() {
     for d in devices {
         assert!(d.join().unwrap() > 0);
     }
+}
+
+#[test]
+fn the_native_path_agrees_with_the_trait_path_and_records_faults() {
+    use crate::{Access, DmaFault};
+    let mut rig = Rig::new(Config {
+        caching_mode: true,
+        ..Config::default()
+    });
+    rig.enable_qi();
+    let t = rig.context(SID, 1, 4);
+    rig.map(t, 4, 0x1000, 0x5000, 12, RW);
+    rig.map(t, 4, 0x20_0000, 0x40_0000, 21, slpte::R);
+    rig.enable_translation();
+    let h = rig.unit.attach(SID);
+    assert_eq!(
+        h.translate_one(0x1234, Access::WRITE),
+        Ok((0x5234, 0x1000 - 0x234))
+    );
+    assert_eq!(
+        h.translate_one(0x1234, Access::WRITE),
+        Ok((0x5234, 0xdcc)),
+        "cached"
+    );
+    assert_eq!(
+        h.translate_one(0x2f_f000, Access::READ),
+        Ok((0x4f_f000, 0x10_1000)),
+        "to the end of the 2 MiB leaf"
+    );
+    assert_eq!(
+        h.translate_one(0x20_0000, Access::WRITE),
+        Err(DmaFault::Remapping {
+            iova: 0x20_0000,
+            reason: FaultReason::WriteNotAllowed
+        }),
+        "a cached read-only leaf still faults a write"
+    );
+    assert_eq!(
+        reason_of(rig.record(0).1),
+        FaultReason::WriteNotAllowed as u8
+    );
+    assert_eq!(
+        h.translate_one(0xfee0_0000, Access::WRITE),
+        Err(DmaFault::InterruptRange(0xfee0_0000))
+    );
+    // Remap, and see it only after the invalidation.
+    rig.set_q(rig.pte(t, 4, 0x1000), 0x6000 | RW);
+    assert_eq!(h.translate_one(0x1000, Access::READ).unwrap().0, 0x5000);
+    let status = rig.alloc();
+    rig.submit(&[psi(1, 0x1000, 0, false), wait_sw(1, status)]);
+    assert_eq!(h.translate_one(0x1000, Access::READ).unwrap().0, 0x6000);
 }
