@@ -110,3 +110,24 @@ fn memmap_sees_all_ram_below_and_above_4g() {
         }
     }
 }
+
+/// PCI enumeration through 0xcf8/0xcfc (both sub-dword conventions) and through ECAM at the
+/// address in the MCFG table, which must agree.
+#[test]
+fn pci_enumerates_through_both_configuration_mechanisms() {
+    if !kvm_or_skip("pci_enumerates_through_both_configuration_mechanisms") {
+        return;
+    }
+    vmm(&[
+        "--kernel",
+        guest("pci").to_str().unwrap(),
+        "--cmdline",
+        "devices=1",
+        "--timeout",
+        "60",
+    ])
+    .expect_status(PASS)
+    .expect_line("mcfg: ecam 0xe0000000 buses 0-0")
+    .expect_line("pci 00:00.0 8086:0d57 class 060000")
+    .expect_line("PASS pci");
+}

@@ -58,6 +58,7 @@ fn linux_pvh_partial_boot_sees_our_e820_and_acpi_tables() {
     let e820_low = [
         "BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable",
         "BIOS-e820: [mem 0x000000000009fc00-0x00000000000fffff] reserved",
+        "BIOS-e820: [mem 0x00000000e0000000-0x00000000e00fffff] reserved",
     ];
     let cases: [(&str, &str, Vec<&str>); 2] = [
         (

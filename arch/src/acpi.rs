@@ -5,12 +5,16 @@
 //! local APIC NMI entries) is defined here.
 
 use acpi_tables::Aml;
-use acpi_tables::aml::{Device, EISAName, IO, Interrupt, Name, Package, Path, ResourceTemplate};
+use acpi_tables::aml::{
+    AddressSpace as ResourceAddressSpace, AddressSpaceCacheable, Device, EISAName, IO, Interrupt,
+    Name, Package, Path, ResourceTemplate,
+};
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::madt::{
     EnabledStatus, IoApic, LocalInterruptController, MADT, ProcessorLocalApic,
 };
+use acpi_tables::mcfg::MCFG;
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
@@ -18,7 +22,10 @@ use vm_memory::{Bytes, GuestAddress};
 use zerocopy::{Immutable, IntoBytes};
 
 use crate::GuestMemoryMmap;
-use crate::layout::{ACPI_END, ACPI_START, IOAPIC_ADDR, LAPIC_ADDR};
+use crate::layout::{
+    ACPI_END, ACPI_START, ECAM_BASE, IOAPIC_ADDR, LAPIC_ADDR, MemoryLayout, PCI_MMIO32_START,
+    PCI_MMIO64_SIZE,
+};
 
 /// OEM id in every table.
 pub const OEM_ID: [u8; 6] = *b"RVVMM ";
@@ -116,7 +123,7 @@ fn fix_checksum(table: &mut [u8]) {
     }
 }
 
-fn dsdt() -> Vec<u8> {
+fn dsdt(layout: &MemoryLayout) -> Vec<u8> {
     let hid = EISAName::new("PNP0501");
     let port = IO::new(COM1_PORT, COM1_PORT, 1, 8);
     let irq = Interrupt::new(true, true, false, false, COM1_IRQ);
@@ -139,11 +146,56 @@ fn dsdt() -> Vec<u8> {
     let s5 = Package::new(vec![&S5_SLEEP_TYPE, &S5_SLEEP_TYPE, &0u8, &0u8]);
     let s5 = Name::new("_S5_".into(), &s5);
 
+    // The PCI root bridge (PCI Firmware 3.2, 4.1.5): bus 0, the configuration ports, the I/O
+    // ports around them, the 32-bit BAR window below ECAM and a 64-bit window above RAM.
+    let (pci_hid, pci_cid) = (EISAName::new("PNP0A08"), EISAName::new("PNP0A03"));
+    let buses = ResourceAddressSpace::<u16>::new_bus_number(0, 0);
+    let config_ports = IO::new(0xcf8, 0xcf8, 1, 8);
+    let io_low = ResourceAddressSpace::<u16>::new_io(0, 0xcf7, None);
+    let io_high = ResourceAddressSpace::<u16>::new_io(0xd00, 0xffff, None);
+    let mmio32 = ResourceAddressSpace::<u32>::new_memory(
+        AddressSpaceCacheable::NotCacheable,
+        true,
+        PCI_MMIO32_START as u32,
+        (ECAM_BASE - 1) as u32,
+        None,
+    );
+    let mmio64_start = layout.pci_mmio64_start();
+    let mmio64 = ResourceAddressSpace::<u64>::new_memory(
+        AddressSpaceCacheable::NotCacheable,
+        true,
+        mmio64_start,
+        mmio64_start + PCI_MMIO64_SIZE - 1,
+        None,
+    );
+    let pci_crs = ResourceTemplate::new(vec![
+        &buses,
+        &config_ports,
+        &io_low,
+        &io_high,
+        &mmio32,
+        &mmio64,
+    ]);
+    let pci_names = [
+        Name::new("_HID".into(), &pci_hid),
+        Name::new("_CID".into(), &pci_cid),
+        Name::new("_ADR".into(), &0u8),
+        Name::new("_SEG".into(), &0u8),
+        Name::new("_UID".into(), &0u8),
+        Name::new("_BBN".into(), &0u8),
+        Name::new("_CRS".into(), &pci_crs),
+    ];
+    let pci0 = Device::new(
+        Path::from("_SB_.PCI0"),
+        pci_names.iter().map(|n| n as &dyn Aml).collect(),
+    );
+
     let mut table = Sdt::new(*b"DSDT", 36, 6, OEM_ID, *b"VMMDSDT ", OEM_REVISION);
     let mut aml = Vec::new();
     s5.to_aml_bytes(&mut aml);
     com1.to_aml_bytes(&mut aml);
     rtc.to_aml_bytes(&mut aml);
+    pci0.to_aml_bytes(&mut aml);
     table.append_slice(&aml);
     table.as_slice().to_vec()
 }
@@ -222,7 +274,7 @@ pub struct Tables {
 impl Tables {
     /// Builds the tables of a machine with `cpus` vCPUs, plus `extra` finished tables (each with its
     /// own header and checksum) referenced from the XSDT.
-    pub fn build(cpus: usize, extra: &[Vec<u8>]) -> Result<Self, Error> {
+    pub fn build(cpus: usize, layout: &MemoryLayout, extra: &[Vec<u8>]) -> Result<Self, Error> {
         let cpus = u8::try_from(cpus)
             .ok()
             .filter(|&c| c < 0xff)
@@ -234,9 +286,12 @@ impl Tables {
             image.extend_from_slice(table);
             addr
         };
-        let dsdt_addr = place(&mut image, &dsdt());
+        let dsdt_addr = place(&mut image, &dsdt(layout));
         let mut tables = vec![(*b"FACP", place(&mut image, &fadt(dsdt_addr)))];
         tables.push((*b"APIC", place(&mut image, &madt(cpus))));
+        let mut mcfg = MCFG::new(OEM_ID, *b"VMMMCFG ", OEM_REVISION);
+        mcfg.add_ecam(ECAM_BASE, 0, 0, 0);
+        tables.push((*b"MCFG", place(&mut image, &to_bytes(&mcfg))));
         for t in extra {
             let sig: [u8; 4] = t
                 .get(..4)
@@ -287,7 +342,7 @@ mod tests {
 
     #[test]
     fn checksums_lengths_and_pointers_are_consistent() {
-        let t = Tables::build(4, &[]).unwrap();
+        let t = Tables::build(4, &MemoryLayout::new(1 << 30), &[]).unwrap();
         assert_eq!(&t.image[..8], b"RSD PTR ");
         assert_eq!(sum(&t.image[..20]), 0);
         assert_eq!(sum(&t.image[..36]), 0);
@@ -298,8 +353,8 @@ mod tests {
             .chunks(8)
             .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
             .collect();
-        assert_eq!(entries.len(), 2);
-        for sig in [b"DSDT", b"FACP", b"APIC", b"XSDT"] {
+        assert_eq!(entries.len(), 3);
+        for sig in [b"DSDT", b"FACP", b"APIC", b"MCFG", b"XSDT"] {
             let table = t.table(sig).unwrap();
             assert_eq!(&table[..4], sig);
             assert_eq!(sum(table), 0, "{} checksum", String::from_utf8_lossy(sig));
@@ -313,7 +368,7 @@ mod tests {
 
     #[test]
     fn madt_lists_every_cpu_the_ioapic_and_overrides() {
-        let t = Tables::build(3, &[]).unwrap();
+        let t = Tables::build(3, &MemoryLayout::new(1 << 30), &[]).unwrap();
         let madt = t.table(b"APIC").unwrap();
         assert_eq!(
             u32::from_le_bytes(madt[36..40].try_into().unwrap()),
@@ -342,10 +397,10 @@ mod tests {
     #[test]
     fn too_many_cpus_is_an_error() {
         assert!(matches!(
-            Tables::build(255, &[]),
+            Tables::build(255, &MemoryLayout::new(1 << 30), &[]),
             Err(Error::TooManyCpus(255))
         ));
-        assert!(Tables::build(254, &[]).is_ok());
+        assert!(Tables::build(254, &MemoryLayout::new(1 << 30), &[]).is_ok());
     }
 
     /// Disassembles every table with ACPICA's `iasl -d`, an independent parser.
@@ -358,7 +413,7 @@ mod tests {
             );
             return;
         }
-        let t = Tables::build(2, &[]).unwrap();
+        let t = Tables::build(2, &MemoryLayout::new(6 << 30), &[]).unwrap();
         let dir = std::env::temp_dir().join(format!("vmm-acpi-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         for (sig, _) in &t.tables {

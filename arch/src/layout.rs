@@ -10,7 +10,8 @@
 //! 0x0009_fc00  EBDA .. 0x10_0000: reserved (VGA hole, BIOS area)
 //! 0x000e_0000  ACPI RSDP, then the other ACPI tables, up to 0xf_ffff
 //! 0x0010_0000  kernel; RAM up to min(size, 3 GiB)
-//! 0xc000_0000  32-bit MMIO hole: IOAPIC 0xfec0_0000, LAPIC 0xfee0_0000, KVM's TSS and identity page
+//! 0xc000_0000  32-bit MMIO hole: PCI BARs up to 0xdfff_ffff, ECAM (bus 0) at 0xe000_0000,
+//!              IOAPIC 0xfec0_0000, LAPIC 0xfee0_0000, KVM's TSS and identity page
 //! 0x1_0000_0000 the rest of RAM when the guest has more than 3 GiB
 //! ```
 
@@ -40,6 +41,15 @@ pub const ACPI_END: u64 = 0x10_0000;
 pub const HIMEM_START: u64 = 0x10_0000;
 /// Start of the 32-bit MMIO hole.
 pub const MMIO_HOLE_START: u64 = 0xc000_0000;
+/// The 32-bit PCI MMIO window, for BARs: [PCI_MMIO32_START, ECAM_BASE).
+pub const PCI_MMIO32_START: u64 = MMIO_HOLE_START;
+/// ECAM: the memory-mapped configuration space of PCI bus 0 (1 MiB), reserved in e820.
+pub const ECAM_BASE: u64 = 0xe000_0000;
+/// Size of the ECAM window (bus 0 only).
+pub const ECAM_SIZE: u64 = 1 << 20;
+/// Size of the 64-bit PCI MMIO window, which starts at the first 1 GiB boundary above RAM.
+pub const PCI_MMIO64_SIZE: u64 = 64 << 30;
+
 /// Start of RAM above 4 GiB.
 pub const HIGH_RAM_START: u64 = 0x1_0000_0000;
 /// IOAPIC registers.
@@ -103,32 +113,24 @@ impl MemoryLayout {
         self.low_size
     }
 
-    /// The memory map as firmware would report it: low RAM, the reserved legacy area, RAM from
-    /// 1 MiB to the hole, and RAM above 4 GiB.
+    /// Where the 64-bit PCI MMIO window starts: the first 1 GiB boundary above all RAM.
+    pub fn pci_mmio64_start(&self) -> u64 {
+        (HIGH_RAM_START + self.high_size).next_multiple_of(1 << 30)
+    }
+
+    /// The memory map as firmware would report it, in address order: low RAM, the reserved
+    /// legacy area, RAM from 1 MiB to the hole, the ECAM window (reserved: Linux wants MCFG
+    /// regions to be), and RAM above 4 GiB.
     pub fn e820(&self) -> Vec<E820Entry> {
+        let entry = |addr, size, kind| E820Entry { addr, size, kind };
         let mut map = vec![
-            E820Entry {
-                addr: 0,
-                size: EBDA_START,
-                kind: E820_RAM,
-            },
-            E820Entry {
-                addr: EBDA_START,
-                size: HIMEM_START - EBDA_START,
-                kind: E820_RESERVED,
-            },
-            E820Entry {
-                addr: HIMEM_START,
-                size: self.low_size - HIMEM_START,
-                kind: E820_RAM,
-            },
+            entry(0, EBDA_START, E820_RAM),
+            entry(EBDA_START, HIMEM_START - EBDA_START, E820_RESERVED),
+            entry(HIMEM_START, self.low_size - HIMEM_START, E820_RAM),
+            entry(ECAM_BASE, ECAM_SIZE, E820_RESERVED),
         ];
         if self.high_size > 0 {
-            map.push(E820Entry {
-                addr: HIGH_RAM_START,
-                size: self.high_size,
-                kind: E820_RAM,
-            });
+            map.push(entry(HIGH_RAM_START, self.high_size, E820_RAM));
         }
         map
     }
@@ -143,7 +145,8 @@ mod tests {
         let l = MemoryLayout::new(256 << 20);
         assert_eq!(l.ram_ranges(), vec![(0, 256 << 20)]);
         let e = l.e820();
-        assert_eq!(e.len(), 3);
+        assert_eq!(e.len(), 4);
+        assert_eq!(e[3].addr, ECAM_BASE);
         assert_eq!(
             e[2],
             E820Entry {
@@ -160,7 +163,7 @@ mod tests {
         assert_eq!(l.ram_ranges(), vec![(0, 3 << 30), (4 << 30, 3 << 30)]);
         let e = l.e820();
         assert_eq!(
-            e[3],
+            e[4],
             E820Entry {
                 addr: 4 << 30,
                 size: 3 << 30,
@@ -173,6 +176,16 @@ mod tests {
             .map(|e| e.size)
             .sum();
         assert_eq!(ram, (6 << 30) - (HIMEM_START - EBDA_START));
+    }
+
+    #[test]
+    fn the_64_bit_pci_window_starts_above_ram() {
+        assert_eq!(MemoryLayout::new(6 << 30).pci_mmio64_start(), 7 << 30);
+        assert_eq!(MemoryLayout::new(512 << 20).pci_mmio64_start(), 4 << 30);
+        assert_eq!(
+            MemoryLayout::new((3 << 30) + 4096).pci_mmio64_start(),
+            5 << 30
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 pub mod bus;
 pub mod legacy;
+pub mod pci;
 
 pub use bus::{Bus, BusDevice, BusError};
 

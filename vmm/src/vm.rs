@@ -14,6 +14,7 @@ use devices::legacy::{
     ACPI_PM_LEN, AcpiPm, CMOS_PORT, CMOS_PORT_LEN, Cmos, EXIT_PORT, EXIT_PORT_LEN, ExitPort, I8042,
     I8042_DATA_PORT, IrqTrigger, RxDrained, Serial, system_clock,
 };
+use devices::pci::{ConfigAddressPort, EcamWindow, PciRoot};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{
     KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
@@ -145,6 +146,9 @@ const REQUIRED_CAPS: [Cap; 7] = [
     Cap::Irqfd,
 ];
 
+/// Configuration mechanism #1: CONFIG_ADDRESS and CONFIG_DATA.
+const PCI_CONFIG_PORT: u64 = 0xcf8;
+
 /// COM1's port range and ISA IRQ.
 const COM1_PORT: u64 = 0x3f8;
 const COM1_IRQ: u32 = 4;
@@ -182,7 +186,7 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
     let vm = kvm.create_vm().map_err(kvm_err("create the VM"))?;
     set_up_platform(&vm, &mem)?;
 
-    let tables = arch::acpi::Tables::build(usize::from(config.cpus), &[])?;
+    let tables = arch::acpi::Tables::build(usize::from(config.cpus), &layout, &[])?;
     let rsdp = tables.write(&mem)?;
     let entry = load_kernel(config, &mut files, &mem, &layout, rsdp)?;
 
@@ -193,6 +197,7 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
     let pio = Arc::new(Bus::new());
     let mmio = Arc::new(Bus::new());
     let (serial, rx_drained) = add_legacy_devices(&vm, &pio, &latch, &config.serial)?;
+    add_pci(&pio, &mmio)?;
 
     let supported = kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
@@ -426,6 +431,23 @@ fn add_legacy_devices(
         Arc::new(Mutex::new(AcpiPm::new(exit))),
     )?;
     Ok((serial, drained))
+}
+
+/// The PCI root complex: the host bridge, configuration mechanism #1 at 0xcf8 and the ECAM window
+/// that the MCFG table describes.
+fn add_pci(pio: &Bus, mmio: &Bus) -> Result<(), Error> {
+    let root = Arc::new(PciRoot::new());
+    pio.insert(
+        PCI_CONFIG_PORT,
+        8,
+        Arc::new(Mutex::new(ConfigAddressPort::new(root.clone()))),
+    )?;
+    mmio.insert(
+        layout::ECAM_BASE,
+        layout::ECAM_SIZE,
+        Arc::new(Mutex::new(EcamWindow::new(root))),
+    )?;
+    Ok(())
 }
 
 /// Runs the event loop (console input, terminating signals, the exit event) until the VM's outcome

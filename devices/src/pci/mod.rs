@@ -1,0 +1,32 @@
+//! PCI: configuration space with its write rules, devices that own one, and the root complex that
+//! routes configuration accesses (port 0xcf8/0xcfc and ECAM) to them.
+
+pub mod config;
+mod root;
+
+pub use config::{BarKind, ConfigSpace};
+pub use root::{
+    ConfigAddressPort, ECAM_BUS_SIZE, EcamWindow, HostBridge, PciRoot, SharedPciDevice,
+};
+
+/// A device on the PCI bus, seen through its configuration space.
+pub trait PciDevice: Send {
+    /// The device's configuration space.
+    fn config(&mut self) -> &mut ConfigSpace;
+}
+
+/// Device, function and bus number packed as a requester id: bus << 8 | device << 3 | function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Bdf(pub u16);
+
+impl Bdf {
+    /// Bus 0, `device`, function 0.
+    pub fn device(device: u8) -> Self {
+        Self(u16::from(device & 0x1f) << 3)
+    }
+
+    /// The device number.
+    pub fn device_number(self) -> u8 {
+        ((self.0 >> 3) & 0x1f) as u8
+    }
+}
