@@ -131,3 +131,31 @@ fn pci_enumerates_through_both_configuration_mechanisms() {
     .expect_line("pci 00:00.0 8086:0d57 class 060000")
     .expect_line("PASS pci");
 }
+
+/// The edu DMA test device: found by PCI scan with its BAR placed and decoding, registers, DMA both
+/// ways through its DMA handle with a checksum, MSI on completion, and INTx through the IOAPIC.
+#[test]
+fn edu_dma_with_msi_and_intx() {
+    if !kvm_or_skip("edu_dma_with_msi_and_intx") {
+        return;
+    }
+    let edu = guest("edu");
+    vmm(&[
+        "--kernel",
+        edu.to_str().unwrap(),
+        "--device",
+        "edu",
+        "--timeout",
+        "60",
+    ])
+    .expect_status(PASS)
+    .expect_line("edu at 00:01.0 bar0 0xc0000000 command 0x7 irq 16")
+    .expect_line("dma: 3072 bytes both ways, checksum 0xacdb45c5")
+    .expect_line("msi: vector 0x50 received")
+    .expect_line("intx: vector 0x51 on pin 16")
+    .expect_line("PASS edu");
+    // Without the device the guest says so.
+    let run = vmm(&["--kernel", edu.to_str().unwrap(), "--timeout", "60"]);
+    run.expect_status(3)
+        .expect_line("FAIL edu: no edu device (1234:11e8)");
+}

@@ -6,6 +6,8 @@
 #![cfg_attr(test, allow(clippy::indexing_slicing))]
 
 pub mod bus;
+pub mod dma;
+pub mod edu;
 pub mod legacy;
 pub mod pci;
 

@@ -48,9 +48,28 @@ pub struct Cli {
     #[arg(long, value_name = "WHERE", default_value = "stdout", value_parser = parse_serial)]
     pub serial: SerialOutput,
 
+    /// Attach a PCI device; repeatable. `edu`: the DMA test device with QEMU's edu register
+    /// interface (1234:11e8), doing its DMA through its own DMA handle.
+    #[arg(long = "device", value_name = "DEVICE", value_parser = parse_device)]
+    pub devices: Vec<DeviceKind>,
+
     /// Stop the guest after this many seconds and exit with status 124.
     #[arg(long, value_name = "SECONDS")]
     pub timeout: Option<f64>,
+}
+
+/// A PCI device the command line can attach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// The edu DMA test device.
+    Edu,
+}
+
+fn parse_device(s: &str) -> Result<DeviceKind, String> {
+    match s {
+        "edu" => Ok(DeviceKind::Edu),
+        _ => Err("expected edu".into()),
+    }
 }
 
 /// Destination of the guest's serial output.
@@ -147,6 +166,11 @@ mod tests {
         assert!(Cli::try_parse_from(["vmm", "--kernel", "k", "--cpus", "0"]).is_err());
         assert!(Cli::try_parse_from(["vmm", "--kernel", "k", "--cpus", "255"]).is_err());
         assert!(Cli::try_parse_from(["vmm"]).is_err());
+        let two =
+            Cli::try_parse_from(["vmm", "--kernel", "k", "--device", "edu", "--device", "edu"])
+                .unwrap();
+        assert_eq!(two.devices, vec![DeviceKind::Edu, DeviceKind::Edu]);
+        assert!(Cli::try_parse_from(["vmm", "--kernel", "k", "--device", "gpu"]).is_err());
         let neg = Cli::try_parse_from(["vmm", "--kernel", "k", "--timeout=-1"]).unwrap();
         assert!(neg.timeout().is_err());
     }

@@ -4,6 +4,7 @@
 
 mod cli;
 mod console;
+mod interrupts;
 mod outcome;
 mod signals;
 mod vcpu;
@@ -55,6 +56,7 @@ fn main() {
         cpus: cli.cpus,
         memory: cli.memory,
         serial: cli.serial,
+        devices: cli.devices,
         timeout,
     };
     let outcome = match vm::run(&config) {

@@ -10,11 +10,13 @@ use std::time::{Duration, Instant};
 use arch::GuestMemoryMmap;
 use arch::layout::{self, MemoryLayout};
 use devices::Bus;
+use devices::dma::DmaHandle;
+use devices::edu::Edu;
 use devices::legacy::{
     ACPI_PM_LEN, AcpiPm, CMOS_PORT, CMOS_PORT_LEN, Cmos, EXIT_PORT, EXIT_PORT_LEN, ExitPort, I8042,
     I8042_DATA_PORT, IrqTrigger, RxDrained, Serial, system_clock,
 };
-use devices::pci::{ConfigAddressPort, EcamWindow, PciRoot};
+use devices::pci::{ConfigAddressPort, EcamWindow, PciRoot, SharedPciDevice};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{
     KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
@@ -27,8 +29,9 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
-use crate::cli::SerialOutput;
+use crate::cli::{DeviceKind, SerialOutput};
 use crate::console::{ExitWatcher, RawTerminal, StdinInput, serial_output};
+use crate::interrupts::{KvmIrqLine, KvmMsi};
 use crate::outcome::{ExitLatch, Outcome};
 use crate::signals::SignalWatcher;
 use crate::vcpu;
@@ -48,6 +51,8 @@ pub struct VmConfig {
     pub memory: u64,
     /// Serial output.
     pub serial: SerialOutput,
+    /// PCI devices to attach.
+    pub devices: Vec<DeviceKind>,
     /// Wall-clock limit.
     pub timeout: Option<Duration>,
 }
@@ -112,6 +117,9 @@ pub enum Error {
     /// A vCPU could not be set up.
     #[error(transparent)]
     Vcpu(#[from] arch::regs::Error),
+    /// A PCI device could not be attached.
+    #[error("cannot attach a PCI device: {0}")]
+    Pci(#[from] devices::pci::PciError),
     /// A device could not be placed on a bus.
     #[error("cannot register a device: {0}")]
     Bus(#[from] devices::BusError),
@@ -148,6 +156,10 @@ const REQUIRED_CAPS: [Cap; 7] = [
 
 /// Configuration mechanism #1: CONFIG_ADDRESS and CONFIG_DATA.
 const PCI_CONFIG_PORT: u64 = 0xcf8;
+/// I/O BARs go here (base, size): above the legacy ports.
+const PCI_IO_WINDOW: (u64, u64) = (0xc000, 0x4000);
+/// PCI INTx lines use IOAPIC pins 16 to 23, as on a PC.
+const FIRST_PCI_GSI: u32 = 16;
 
 /// COM1's port range and ISA IRQ.
 const COM1_PORT: u64 = 0x3f8;
@@ -183,7 +195,8 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
         reason: e.to_string(),
     })?;
 
-    let vm = kvm.create_vm().map_err(kvm_err("create the VM"))?;
+    let mem = Arc::new(mem);
+    let vm = Arc::new(kvm.create_vm().map_err(kvm_err("create the VM"))?);
     set_up_platform(&vm, &mem)?;
 
     let tables = arch::acpi::Tables::build(usize::from(config.cpus), &layout, &[])?;
@@ -197,7 +210,7 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
     let pio = Arc::new(Bus::new());
     let mmio = Arc::new(Bus::new());
     let (serial, rx_drained) = add_legacy_devices(&vm, &pio, &latch, &config.serial)?;
-    add_pci(&pio, &mmio)?;
+    add_pci(&vm, &mem, &pio, &mmio, &config.devices)?;
 
     let supported = kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
@@ -433,10 +446,38 @@ fn add_legacy_devices(
     Ok((serial, drained))
 }
 
-/// The PCI root complex: the host bridge, configuration mechanism #1 at 0xcf8 and the ECAM window
-/// that the MCFG table describes.
-fn add_pci(pio: &Bus, mmio: &Bus) -> Result<(), Error> {
-    let root = Arc::new(PciRoot::new());
+/// The PCI root complex: the host bridge, the devices the command line asks for (BARs placed in
+/// the 32-bit window, INTx on IOAPIC pins from 16, each with its DMA handle), configuration
+/// mechanism #1 at 0xcf8 and the ECAM window that the MCFG table describes.
+fn add_pci(
+    vm: &Arc<VmFd>,
+    mem: &Arc<GuestMemoryMmap>,
+    pio: &Arc<Bus>,
+    mmio: &Arc<Bus>,
+    kinds: &[DeviceKind],
+) -> Result<(), Error> {
+    let mmio_window = (
+        layout::PCI_MMIO32_START,
+        layout::ECAM_BASE - layout::PCI_MMIO32_START,
+    );
+    let mut root = PciRoot::new(mmio.clone(), pio.clone(), mmio_window, PCI_IO_WINDOW);
+    let msi: Arc<dyn iommu::MsiSender> = Arc::new(KvmMsi { vm: vm.clone() });
+    for (i, kind) in kinds.iter().enumerate() {
+        let gsi = FIRST_PCI_GSI + (i as u32 % 8);
+        let intx = Arc::new(KvmIrqLine {
+            vm: vm.clone(),
+            gsi,
+        });
+        let device: SharedPciDevice = match kind {
+            DeviceKind::Edu => Arc::new(Mutex::new(Edu::new(
+                DmaHandle::Direct(mem.clone()),
+                msi.clone(),
+                intx,
+            ))),
+        };
+        root.add(device, Some(gsi as u8))?;
+    }
+    let root = Arc::new(root);
     pio.insert(
         PCI_CONFIG_PORT,
         8,

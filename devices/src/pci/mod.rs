@@ -6,13 +6,25 @@ mod root;
 
 pub use config::{BarKind, ConfigSpace};
 pub use root::{
-    ConfigAddressPort, ECAM_BUS_SIZE, EcamWindow, HostBridge, PciRoot, SharedPciDevice,
+    ConfigAddressPort, ECAM_BUS_SIZE, EcamWindow, HostBridge, PciError, PciRoot, SharedPciDevice,
 };
 
-/// A device on the PCI bus, seen through its configuration space.
+/// A device on the PCI bus: its configuration space and its BARs.
 pub trait PciDevice: Send {
     /// The device's configuration space.
     fn config(&mut self) -> &mut ConfigSpace;
+
+    /// Called after every guest write to the configuration space (MSI or INTx settings may have
+    /// changed).
+    fn config_written(&mut self) {}
+
+    /// A guest read of BAR `bar` at `offset`.
+    fn bar_read(&mut self, _bar: usize, _offset: u64, data: &mut [u8]) {
+        data.fill(0xff);
+    }
+
+    /// A guest write to BAR `bar` at `offset`.
+    fn bar_write(&mut self, _bar: usize, _offset: u64, _data: &[u8]) {}
 }
 
 /// Device, function and bus number packed as a requester id: bus << 8 | device << 3 | function.

@@ -3,9 +3,11 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::config::ConfigSpace;
-use super::{Bdf, PciDevice};
-use crate::BusDevice;
+use vm_allocator::{AddressAllocator, AllocPolicy};
+
+use super::config::{ConfigSpace, command, offset};
+use super::{BarKind, Bdf, PciDevice};
+use crate::{Bus, BusDevice};
 
 /// A device as the root complex holds it.
 pub type SharedPciDevice = Arc<Mutex<dyn PciDevice>>;
@@ -40,9 +42,59 @@ impl PciDevice for HostBridge {
     }
 }
 
-/// Bus 0's devices by device number.
+/// Why a device could not be attached.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PciError {
+    /// All 32 device numbers are taken.
+    #[error("PCI bus 0 is full")]
+    BusFull,
+    /// The BAR windows are exhausted.
+    #[error("no room for a {size:#x}-byte BAR in the PCI window")]
+    NoBarSpace {
+        /// The BAR's size.
+        size: u64,
+    },
+}
+
+/// Where a device's BARs are mapped on the buses now.
+type Mappings = [Option<(BarKind, u64, u64)>; 6];
+
+struct Slot {
+    device: SharedPciDevice,
+    mapped: Mutex<Mappings>,
+}
+
+/// One BAR of a device as the MMIO or port-I/O bus sees it.
+struct BarRegion {
+    device: SharedPciDevice,
+    bar: usize,
+}
+
+impl BusDevice for BarRegion {
+    fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
+        self.device
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .bar_read(self.bar, offset, data);
+    }
+
+    fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
+        self.device
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .bar_write(self.bar, offset, data);
+    }
+}
+
+/// Bus 0's devices by device number, and the buses their BARs appear on. BARs are placed when a
+/// device is added, as firmware would (decode enabled, interrupt line set); when the guest moves a
+/// BAR or turns decoding off, its bus mapping follows.
 pub struct PciRoot {
-    slots: Vec<Option<SharedPciDevice>>,
+    slots: Vec<Option<Slot>>,
+    mmio: Arc<Bus>,
+    pio: Arc<Bus>,
+    mmio_window: AddressAllocator,
+    io_window: AddressAllocator,
 }
 
 impl std::fmt::Debug for PciRoot {
@@ -60,38 +112,151 @@ impl std::fmt::Debug for PciRoot {
     }
 }
 
+/// The BARs that decode now: placed (non-zero) and enabled in the command register.
+fn decoding_bars(config: &ConfigSpace) -> Mappings {
+    let cmd = config.command();
+    std::array::from_fn(|i| {
+        let (kind, addr, size) = config.bar(i)?;
+        let enabled = match kind {
+            BarKind::Io => cmd & command::IO != 0,
+            _ => cmd & command::MEMORY != 0,
+        };
+        (enabled && addr != 0).then_some((kind, addr, size))
+    })
+}
+
 impl PciRoot {
-    /// A bus with the host bridge at device 0.
-    pub fn new() -> Self {
-        let mut slots: Vec<Option<SharedPciDevice>> = (0..32).map(|_| None).collect();
+    /// A bus with the host bridge at device 0, placing memory BARs in `mmio_window` and I/O BARs in
+    /// `io_window` ((base, size) each), and mapping them on `mmio` and `pio`.
+    pub fn new(
+        mmio: Arc<Bus>,
+        pio: Arc<Bus>,
+        mmio_window: (u64, u64),
+        io_window: (u64, u64),
+    ) -> Self {
+        let window = |(base, size): (u64, u64)| {
+            AddressAllocator::new(base, size).unwrap_or_else(|_| {
+                // An empty or wrapping window: one that can never allocate.
+                AddressAllocator::new(u64::MAX, 1)
+                    .unwrap_or_else(|_| unreachable!("one byte at the top fits"))
+            })
+        };
+        let mut slots: Vec<Option<Slot>> = (0..32).map(|_| None).collect();
         if let Some(s) = slots.first_mut() {
-            *s = Some(Arc::new(Mutex::new(HostBridge::new())));
+            *s = Some(Slot {
+                device: Arc::new(Mutex::new(HostBridge::new())),
+                mapped: Mutex::new(Default::default()),
+            });
         }
-        Self { slots }
+        Self {
+            slots,
+            mmio,
+            pio,
+            mmio_window: window(mmio_window),
+            io_window: window(io_window),
+        }
     }
 
-    /// Puts `device` in the first free slot; returns its address, or None when the bus is full.
-    pub fn add(&mut self, device: SharedPciDevice) -> Option<Bdf> {
-        let (i, slot) = self
+    /// Puts `device` in the first free slot: places its BARs, enables decoding and bus mastering
+    /// as firmware would, sets the interrupt line register to `irq`, and maps the BARs. Returns the
+    /// device's address.
+    pub fn add(&mut self, device: SharedPciDevice, irq: Option<u8>) -> Result<Bdf, PciError> {
+        let index = self
             .slots
-            .iter_mut()
-            .enumerate()
-            .find(|(_, s)| s.is_none())?;
-        *slot = Some(device);
-        Some(Bdf::device(i as u8))
+            .iter()
+            .position(Option::is_none)
+            .ok_or(PciError::BusFull)?;
+        {
+            let mut d = device.lock().unwrap_or_else(PoisonError::into_inner);
+            let config = d.config();
+            for bar in 0..6 {
+                let Some((kind, _, size)) = config.bar(bar) else {
+                    continue;
+                };
+                let window = if kind == BarKind::Io {
+                    &mut self.io_window
+                } else {
+                    &mut self.mmio_window
+                };
+                let range = window
+                    .allocate(size, size, AllocPolicy::FirstMatch)
+                    .map_err(|_| PciError::NoBarSpace { size })?;
+                config.place_bar(bar, range.start());
+            }
+            let cmd = config.command() | command::IO | command::MEMORY | command::BUS_MASTER;
+            config.set_u16(offset::COMMAND, cmd);
+            if let Some(line) = irq {
+                config.set_u8(offset::INTERRUPT_LINE, line);
+            }
+        }
+        if let Some(slot) = self.slots.get_mut(index) {
+            *slot = Some(Slot {
+                device,
+                mapped: Mutex::new(Default::default()),
+            });
+        }
+        self.remap(index);
+        Ok(Bdf::device(index as u8))
     }
 
-    fn device(&self, bus: u8, device: u8, function: u8) -> Option<&SharedPciDevice> {
+    fn slot(&self, bus: u8, device: u8, function: u8) -> Option<(usize, &Slot)> {
         if bus != 0 || function != 0 {
             return None;
         }
-        self.slots.get(usize::from(device))?.as_ref()
+        let index = usize::from(device);
+        Some((index, self.slots.get(index)?.as_ref()?))
+    }
+
+    /// Brings the bus mappings of slot `index` in line with its BARs and command register. The
+    /// device's lock is not held while the buses change, so a BAR access in flight cannot deadlock
+    /// with it.
+    fn remap(&self, index: usize) {
+        let Some(Some(slot)) = self.slots.get(index) else {
+            return;
+        };
+        let wanted = decoding_bars(
+            slot.device
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .config(),
+        );
+        let mut mapped = slot.mapped.lock().unwrap_or_else(PoisonError::into_inner);
+        for (bar, (now, want)) in mapped.iter_mut().zip(wanted).enumerate() {
+            if *now == want {
+                continue;
+            }
+            if let Some((kind, addr, _)) = now.take() {
+                let bus = if kind == BarKind::Io {
+                    &self.pio
+                } else {
+                    &self.mmio
+                };
+                bus.remove(addr);
+            }
+            if let Some((kind, addr, size)) = want {
+                let bus = if kind == BarKind::Io {
+                    &self.pio
+                } else {
+                    &self.mmio
+                };
+                let region = Arc::new(Mutex::new(BarRegion {
+                    device: slot.device.clone(),
+                    bar,
+                }));
+                match bus.insert(addr, size, region) {
+                    Ok(()) => *now = want,
+                    // A BAR moved onto another device's range (or mid-sizing) decodes nothing.
+                    Err(e) => log::debug!("PCI 00:{index:02x}.0 BAR{bar} not mapped: {e}"),
+                }
+            }
+        }
     }
 
     /// A configuration read; absent devices read all ones (a master abort).
     pub fn config_read(&self, bus: u8, device: u8, function: u8, offset: u16, data: &mut [u8]) {
-        match self.device(bus, device, function) {
-            Some(d) => d
+        match self.slot(bus, device, function) {
+            Some((_, s)) => s
+                .device
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .config()
@@ -102,18 +267,15 @@ impl PciRoot {
 
     /// A configuration write; writes to absent devices are dropped.
     pub fn config_write(&self, bus: u8, device: u8, function: u8, offset: u16, data: &[u8]) {
-        if let Some(d) = self.device(bus, device, function) {
-            d.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .config()
-                .write(usize::from(offset), data);
+        let Some((index, s)) = self.slot(bus, device, function) else {
+            return;
+        };
+        {
+            let mut d = s.device.lock().unwrap_or_else(PoisonError::into_inner);
+            d.config().write(usize::from(offset), data);
+            d.config_written();
         }
-    }
-}
-
-impl Default for PciRoot {
-    fn default() -> Self {
-        Self::new()
+        self.remap(index);
     }
 }
 
@@ -222,8 +384,17 @@ impl BusDevice for EcamWindow {
 mod tests {
     use super::*;
 
+    fn root() -> PciRoot {
+        PciRoot::new(
+            Arc::new(Bus::new()),
+            Arc::new(Bus::new()),
+            (0xc000_0000, 0x2000_0000),
+            (0xc000, 0x4000),
+        )
+    }
+
     fn port() -> ConfigAddressPort {
-        ConfigAddressPort::new(Arc::new(PciRoot::new()))
+        ConfigAddressPort::new(Arc::new(root()))
     }
 
     fn select(p: &mut ConfigAddressPort, dev: u32, reg: u32) {
@@ -268,7 +439,7 @@ mod tests {
 
     #[test]
     fn ecam_reaches_the_same_space_including_extended_registers() {
-        let root = Arc::new(PciRoot::new());
+        let root = Arc::new(root());
         let mut ecam = EcamWindow::new(root.clone());
         let mut d = [0u8; 4];
         ecam.read(0, 0, &mut d);
@@ -279,5 +450,103 @@ mod tests {
         assert_eq!(d, [0xff; 4], "device 1 absent");
         ecam.read(0, 0xffc, &mut d);
         assert_eq!(d, [0; 4], "extended space of a present device");
+    }
+}
+
+#[cfg(test)]
+mod bar_tests {
+    use super::*;
+
+    /// A device whose BARs answer with their number and offset.
+    struct Probe(ConfigSpace);
+
+    impl PciDevice for Probe {
+        fn config(&mut self) -> &mut ConfigSpace {
+            &mut self.0
+        }
+        fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
+            data.fill(0);
+            if let Some(b) = data.first_mut() {
+                *b = (bar as u8) << 4 | offset as u8;
+            }
+        }
+    }
+
+    fn read(bus: &Bus, addr: u64) -> Option<u8> {
+        let mut b = [0u8];
+        bus.read(addr, &mut b).then_some(b[0])
+    }
+
+    #[test]
+    fn bars_are_placed_mapped_and_follow_the_guest() {
+        let (mmio, pio) = (Arc::new(Bus::new()), Arc::new(Bus::new()));
+        let mut root = PciRoot::new(
+            mmio.clone(),
+            pio.clone(),
+            (0xc000_0000, 0x2000_0000),
+            (0xc000, 0x4000),
+        );
+        let mut config = ConfigSpace::new(0x1234, 0x5678, 0, 0);
+        config.add_bar(0, BarKind::Memory32, 0x10_0000);
+        config.add_bar(1, BarKind::Io, 0x20);
+        let bdf = root
+            .add(Arc::new(Mutex::new(Probe(config))), Some(11))
+            .unwrap();
+        assert_eq!(bdf, Bdf::device(1));
+        let root = Arc::new(root);
+        let mut buf = [0u8; 4];
+        root.config_read(0, 1, 0, 0x10, &mut buf);
+        let bar0 = u64::from(u32::from_le_bytes(buf));
+        assert_eq!(
+            bar0, 0xc000_0000,
+            "placed in the window, aligned to its size"
+        );
+        root.config_read(0, 1, 0, 0x3c, &mut buf);
+        assert_eq!(buf[0], 11, "interrupt line as firmware sets it");
+        assert_eq!(read(&mmio, bar0 + 3), Some(0x03));
+        assert_eq!(read(&pio, 0xc000 + 1), Some(0x11));
+
+        // The guest moves BAR0: the old range goes, the new one answers.
+        root.config_write(0, 1, 0, 0x10, &0xd000_0000u32.to_le_bytes());
+        assert_eq!(read(&mmio, bar0), None);
+        assert_eq!(read(&mmio, 0xd000_0005), Some(0x05));
+        // Memory decode off: unmapped; on again: back.
+        root.config_write(0, 1, 0, 0x04, &command::IO.to_le_bytes());
+        assert_eq!(read(&mmio, 0xd000_0005), None);
+        assert_eq!(read(&pio, 0xc000), Some(0x10), "I/O decode still on");
+        root.config_write(
+            0,
+            1,
+            0,
+            0x04,
+            &(command::IO | command::MEMORY).to_le_bytes(),
+        );
+        assert_eq!(read(&mmio, 0xd000_0005), Some(0x05));
+        // Sizing with decode on, then restoring, leaves the BAR where it was.
+        root.config_write(0, 1, 0, 0x10, &u32::MAX.to_le_bytes());
+        root.config_read(0, 1, 0, 0x10, &mut buf);
+        assert_eq!(u32::from_le_bytes(buf), 0xfff0_0000);
+        root.config_write(0, 1, 0, 0x10, &0xd000_0000u32.to_le_bytes());
+        assert_eq!(read(&mmio, 0xd000_0005), Some(0x05));
+    }
+
+    #[test]
+    fn a_full_window_is_an_error() {
+        let mut root = PciRoot::new(
+            Arc::new(Bus::new()),
+            Arc::new(Bus::new()),
+            (0xc000_0000, 0x10_0000),
+            (0xc000, 0x100),
+        );
+        let big = || {
+            let mut c = ConfigSpace::new(1, 1, 0, 0);
+            c.add_bar(0, BarKind::Memory32, 0x10_0000);
+            Arc::new(Mutex::new(Probe(c)))
+        };
+        root.add(big(), None).unwrap();
+        assert_eq!(
+            root.add(big(), None),
+            Err(PciError::NoBarSpace { size: 0x10_0000 })
+        );
     }
 }
