@@ -2,6 +2,7 @@
 //! routes configuration accesses (port 0xcf8/0xcfc and ECAM) to them.
 
 pub mod config;
+pub mod msix;
 mod root;
 
 pub use config::{BarKind, ConfigSpace};
