@@ -69,16 +69,35 @@ impl EventControl {
         }
     }
 
-    fn read_control(&self) -> u32 {
-        (if self.masked { event::IM } else { 0 }) | (if self.pending { event::IP } else { 0 })
+    /// A read of the group's register at `rel`: control, data, address, upper address (the
+    /// same layout for the fault event at FECTL and the invalidation event at IECTL).
+    fn read(&self, rel: u64) -> u32 {
+        match rel {
+            0 => {
+                (if self.masked { event::IM } else { 0 })
+                    | (if self.pending { event::IP } else { 0 })
+            }
+            4 => self.data,
+            8 => self.addr,
+            12 => self.upper,
+            _ => 0,
+        }
     }
 
-    /// A write of the control register: unmasking sends what is pending.
-    fn write_control(&mut self, value: u32, out: &mut Vec<MsiMessage>) {
-        self.masked = value & event::IM != 0;
-        if !self.masked && self.pending {
-            self.pending = false;
-            out.push(self.message());
+    /// A write of the group's register at `rel`; unmasking sends what is pending.
+    fn write(&mut self, rel: u64, value: u32, out: &mut Vec<MsiMessage>) {
+        match rel {
+            0 => {
+                self.masked = value & event::IM != 0;
+                if !self.masked && self.pending {
+                    self.pending = false;
+                    out.push(self.message());
+                }
+            }
+            4 => self.data = value,
+            8 => self.addr = value & !3,
+            12 => self.upper = value,
+            _ => {}
         }
     }
 }
@@ -259,18 +278,12 @@ impl RemappingUnit {
             _ if reg64 == reg::RTADDR => half(regs.rtaddr, high),
             _ if reg64 == reg::CCMD => half(regs.ccmd, high),
             reg::FSTS => regs.fsts_value(),
-            reg::FECTL => regs.fault_event.read_control(),
-            reg::FEDATA => regs.fault_event.data,
-            reg::FEADDR => regs.fault_event.addr,
-            reg::FEUADDR => regs.fault_event.upper,
+            reg::FECTL..=reg::FEUADDR => regs.fault_event.read(offset - reg::FECTL),
             _ if reg64 == reg::IQH => half(regs.iqh, high),
             _ if reg64 == reg::IQT => half(regs.iqt, high),
             _ if reg64 == reg::IQA => half(regs.iqa, high),
             reg::ICS => regs.ics,
-            reg::IECTL => regs.inv_event.read_control(),
-            reg::IEDATA => regs.inv_event.data,
-            reg::IEADDR => regs.inv_event.addr,
-            reg::IEUADDR => regs.inv_event.upper,
+            reg::IECTL..=reg::IEUADDR => regs.inv_event.read(offset - reg::IECTL),
             _ if reg64 == reg::IRTA => half(regs.irta, high),
             _ if reg64 == reg::IVA => half(regs.iva, high),
             _ if reg64 == reg::IOTLB => half(regs.iotlb_reg, high),
@@ -315,10 +328,9 @@ impl RemappingUnit {
                         crate::qi::process(inner, &mut regs, &mut out);
                     }
                 }
-                reg::FECTL => regs.fault_event.write_control(value, &mut out),
-                reg::FEDATA => regs.fault_event.data = value,
-                reg::FEADDR => regs.fault_event.addr = value & !3,
-                reg::FEUADDR => regs.fault_event.upper = value,
+                reg::FECTL..=reg::FEUADDR => {
+                    regs.fault_event.write(offset - reg::FECTL, value, &mut out)
+                }
                 // The descriptor index is all in the low half; the high half is reserved.
                 _ if reg64 == reg::IQT && !high => {
                     regs.iqt = u64::from(value) & crate::spec::iq::INDEX_MASK;
@@ -329,10 +341,9 @@ impl RemappingUnit {
                     regs.ics &= !crate::spec::iq::ICS_IWC;
                     regs.inv_event.pending = false;
                 }
-                reg::IECTL => regs.inv_event.write_control(value, &mut out),
-                reg::IEDATA => regs.inv_event.data = value,
-                reg::IEADDR => regs.inv_event.addr = value & !3,
-                reg::IEUADDR => regs.inv_event.upper = value,
+                reg::IECTL..=reg::IEUADDR => {
+                    regs.inv_event.write(offset - reg::IECTL, value, &mut out)
+                }
                 _ if reg64 == reg::IRTA => set_half(&mut regs.irta, high, value),
                 _ if reg64 == reg::IVA => set_half(&mut regs.iva, high, value),
                 _ if reg64 == reg::IOTLB => {
