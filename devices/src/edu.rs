@@ -207,7 +207,14 @@ impl Edu {
         match off {
             reg::LIVENESS => self.liveness = v32,
             reg::FACTORIAL => {
-                self.factorial = (1..=v32).fold(1u32, |acc, k| acc.wrapping_mul(k));
+                // Modulo 2^32, as QEMU's device computes it; from 34! on there are at least 32
+                // factors of two, so the result is 0 (and a guest cannot make the vCPU loop for
+                // billions of steps).
+                self.factorial = if v32 >= 34 {
+                    0
+                } else {
+                    (1..=v32).fold(1u32, |acc, k| acc.wrapping_mul(k))
+                };
                 self.status &= !STATUS_COMPUTING;
                 if self.status & STATUS_IRQ_ON_FACTORIAL != 0 {
                     self.raise(IRQ_FACTORIAL);
@@ -360,6 +367,17 @@ mod tests {
         assert_eq!(r32(&mut e, reg::LIVENESS), !0x1234_5678);
         w32(&mut e, reg::FACTORIAL, 10);
         assert_eq!(r32(&mut e, reg::FACTORIAL), 3_628_800);
+        w32(&mut e, reg::FACTORIAL, 33);
+        assert_eq!(
+            r32(&mut e, reg::FACTORIAL),
+            (1..=33u32).fold(1u32, |a, k| a.wrapping_mul(k))
+        );
+        w32(&mut e, reg::FACTORIAL, u32::MAX);
+        assert_eq!(
+            r32(&mut e, reg::FACTORIAL),
+            0,
+            "at once, not after 2^32 multiplications"
+        );
         assert_eq!(r32(&mut e, reg::STATUS) & STATUS_COMPUTING, 0);
         let mut odd = [0u8; 2];
         e.bar_read(0, 0, &mut odd);
@@ -437,8 +455,17 @@ mod tests {
             mem: mem.clone(),
             iommu: handle,
         });
-        w32(&mut e, reg::LIVENESS, 0);
+        // Memory holds a pattern the (zeroed) device buffer would overwrite if the DMA got through.
+        mem.write_obj(0xa5a5_a5a5_a5a5_a5a5u64, GuestAddress(0x4000))
+            .unwrap();
         dma(&mut e, BUFFER_BASE, 0x4000, 64, DMA_TO_RAM);
+        assert_eq!(
+            mem.read_obj::<u64>(GuestAddress(0x4000)).unwrap(),
+            0xa5a5_a5a5_a5a5_a5a5
+        );
+        // The same transfer straight to memory does overwrite it: the check above can fail.
+        let (mut direct, _, _) = edu(DmaHandle::Direct(mem.clone()));
+        dma(&mut direct, BUFFER_BASE, 0x4000, 64, DMA_TO_RAM);
         assert_eq!(mem.read_obj::<u64>(GuestAddress(0x4000)).unwrap(), 0);
         let mut fsts = [0u8; 4];
         unit.mmio_read(iommu::spec::reg::FSTS, &mut fsts);

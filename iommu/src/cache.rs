@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::translate::{Context, Leaf};
+use crate::translate::{Context, Failure, Leaf};
 
 /// A multiply-rotate hasher for the caches' small integer keys: a few cycles where SipHash costs
 /// tens of nanoseconds per lookup. It does not resist chosen collisions; a guest that crafts them
@@ -43,7 +43,8 @@ type KeyMap<K, V> = HashMap<K, V, BuildHasherDefault<KeyHasher>>;
 /// Context entries by source id.
 #[derive(Debug)]
 pub(crate) struct ContextCache {
-    map: KeyMap<u16, Context>,
+    /// A context, or (with caching mode) the fault of one that is not present.
+    map: KeyMap<u16, Result<Context, Failure>>,
     capacity: usize,
 }
 
@@ -55,11 +56,11 @@ impl ContextCache {
         }
     }
 
-    pub fn get(&self, sid: u16) -> Option<Context> {
+    pub fn get(&self, sid: u16) -> Option<Result<Context, Failure>> {
         self.map.get(&sid).copied()
     }
 
-    pub fn insert(&mut self, sid: u16, ctx: Context) {
+    pub fn insert(&mut self, sid: u16, ctx: Result<Context, Failure>) {
         if self.map.len() >= self.capacity
             && !self.map.contains_key(&sid)
             && let Some(victim) = self.map.keys().next().copied()
@@ -73,8 +74,10 @@ impl ContextCache {
         self.map.clear();
     }
 
+    /// Entries of domain `did`; cached not-present entries belong to the reserved domain 0.
     pub fn invalidate_domain(&mut self, did: u16) {
-        self.map.retain(|_, c| c.did != did);
+        self.map
+            .retain(|_, c| c.as_ref().map_or(0, |c| c.did) != did);
     }
 
     /// Device-selective: source ids equal to `sid` in the bits the function mask keeps (FM masks
@@ -356,9 +359,9 @@ mod tests {
         };
         let mut c = ContextCache::new(64);
         for f in 0..8u16 {
-            c.insert(0x0100 | f, ctx(1));
+            c.insert(0x0100 | f, Ok(ctx(1)));
         }
-        c.insert(0x0200, ctx(2));
+        c.insert(0x0200, Ok(ctx(2)));
         c.invalidate_device(0x0101, 0);
         assert!(c.get(0x0101).is_none() && c.get(0x0100).is_some());
         // FM = 2 ignores function bits 2:1: functions 0, 2, 4 and 6 match function 0.

@@ -85,11 +85,15 @@ impl FastCache {
             | VALID
             | u64::from(hit.read)
             | (u64::from(hit.write) << 1);
-        e.seq.fetch_add(1, Ordering::AcqRel);
+        // Seqlock write: odd sequence, a release fence so the data stores cannot be seen before it,
+        // the data, then the even sequence with release.
+        let seq = e.seq.load(Ordering::Relaxed);
+        e.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::Release);
         e.generation.store(generation, Ordering::Relaxed);
         e.tag.store(tag, Ordering::Relaxed);
         e.gpa_base.store(hit.gpa_base, Ordering::Relaxed);
-        e.seq.fetch_add(1, Ordering::Release);
+        e.seq.store(seq.wrapping_add(2), Ordering::Release);
     }
 }
 

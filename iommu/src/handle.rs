@@ -8,7 +8,7 @@
 //! that maps without ever invalidating cannot make it grow without bound.
 
 use std::ops::Deref;
-use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use vm_memory::iommu::{Error as IommuError, IotlbIterator, IovaRange};
 use vm_memory::{GuestAddress, Iommu, Iotlb, Permissions};
@@ -37,8 +37,13 @@ impl Local {
             self.inserted = 0;
         }
         self.inserted += 1;
-        // set_mapping cannot fail; a length beyond usize (no leaf is) would only skip caching.
-        if let Ok(len) = usize::try_from(len) {
+        // vm-memory's range map holds [iova, iova + len): a span reaching the top of the address
+        // space loses its last byte rather than overflow. set_mapping cannot fail otherwise; a
+        // length beyond usize (no leaf is) only skips caching.
+        let len = len.min(u64::MAX - iova);
+        if let Ok(len) = usize::try_from(len)
+            && len > 0
+        {
             let _ = self
                 .iotlb
                 .set_mapping(GuestAddress(iova), GuestAddress(gpa), len, perms);
@@ -48,13 +53,22 @@ impl Local {
 
 /// Read access to a handle's IOTLB, as `IotlbIterator` holds it.
 #[derive(Debug)]
-pub struct LocalGuard<'a>(RwLockReadGuard<'a, Local>);
+pub enum LocalGuard<'a> {
+    /// The common case: a hit found under the read lock.
+    Read(RwLockReadGuard<'a, Local>),
+    /// After a miss: the answer is read under the write lock that filled the cache, so another
+    /// thread cannot empty it in between.
+    Write(RwLockWriteGuard<'a, Local>),
+}
 
 impl Deref for LocalGuard<'_> {
     type Target = Iotlb;
 
     fn deref(&self) -> &Iotlb {
-        &self.0.iotlb
+        match self {
+            LocalGuard::Read(g) => &g.iotlb,
+            LocalGuard::Write(g) => &g.iotlb,
+        }
     }
 }
 
@@ -149,12 +163,22 @@ impl DeviceHandle {
             Some(hit) => hit,
             None => self.fill(iova, access, generation)?,
         };
-        if (access.read && !hit.read) || (access.write && !hit.write) {
-            return self
-                .fill(iova, access, generation)
-                .map(|h| resolve(h, iova));
-        }
-        Ok(resolve(hit, iova))
+        let hit = if (access.read && !hit.read) || (access.write && !hit.write) {
+            self.fill(iova, access, generation)?
+        } else {
+            hit
+        };
+        let (gpa, avail) = resolve(hit, iova);
+        // A leaf or identity span may cover the interrupt range; the DMA must stop before it.
+        let to_interrupts = INTERRUPT_RANGE.start().saturating_sub(iova);
+        Ok((
+            gpa,
+            if iova < *INTERRUPT_RANGE.start() {
+                avail.min(to_interrupts)
+            } else {
+                avail
+            },
+        ))
     }
 
     fn fill(&self, iova: u64, access: Access, generation: u64) -> Result<Hit, DmaFault> {
@@ -271,7 +295,7 @@ impl Iommu for DeviceHandle {
         {
             let local = self.local.read().unwrap_or_else(PoisonError::into_inner);
             if local.generation == generation
-                && let Ok(found) = Iotlb::lookup(LocalGuard(local), iova, length, access)
+                && let Ok(found) = Iotlb::lookup(LocalGuard::Read(local), iova, length, access)
             {
                 return Ok(found);
             }
@@ -289,9 +313,7 @@ impl Iommu for DeviceHandle {
             access_of(access),
             generation,
         )?;
-        drop(local);
-        let local = self.local.read().unwrap_or_else(PoisonError::into_inner);
-        Iotlb::lookup(LocalGuard(local), iova, length, access)
+        Iotlb::lookup(LocalGuard::Write(local), iova, length, access)
             .map_err(|fails| Self::fail(start, length, format!("not mapped: {fails:?}")))
     }
 }

@@ -220,11 +220,15 @@ pub enum FaultReason {
 
 impl FaultReason {
     /// Whether the context entry's fault processing disable (FPD) bit suppresses recording of this
-    /// fault: faults found at or below a valid context entry.
+    /// fault: faults found at the context entry (whose FPD hardware reads even when P is clear)
+    /// or below it. Faults at the root entry, and reserved bits in the context entry, are always
+    /// recorded.
     pub fn qualified(self) -> bool {
         matches!(
             self,
-            FaultReason::AddressBeyondWidth
+            FaultReason::ContextNotPresent
+                | FaultReason::ContextInvalid
+                | FaultReason::AddressBeyondWidth
                 | FaultReason::WriteNotAllowed
                 | FaultReason::ReadNotAllowed
                 | FaultReason::PagingEntryInaccessible

@@ -897,3 +897,169 @@ fn the_native_path_agrees_with_the_trait_path_and_records_faults() {
     rig.submit(&[psi(1, 0x1000, 0, false), wait_sw(1, status)]);
     assert_eq!(h.translate_one(0x1000, Access::READ).unwrap().0, 0x6000);
 }
+
+#[test]
+fn identity_translation_at_the_top_of_the_address_space_does_not_panic() {
+    let rig = Rig::new(Config::default());
+    let h = rig.unit.attach(SID);
+    // TE = 0: identity. A device (e.g. virtio through IommuMemory) given a guest address in the
+    // top GiB.
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        dma(&h, 0xffff_ffff_ffff_f000, 16, Permissions::Read)
+    }));
+    assert!(
+        r.is_ok(),
+        "panicked: {:?}",
+        r.err().map(|e| e.downcast_ref::<String>().cloned())
+    );
+}
+
+#[test]
+fn the_native_path_stops_before_the_interrupt_range_in_a_1g_leaf() {
+    let mut rig = Rig::new(Config::default());
+    let t = rig.context(SID, 1, 4);
+    rig.map(t, 4, 0xc000_0000, 0x4000_0000, 30, RW);
+    rig.enable_translation();
+    let h = rig.unit.attach(SID);
+    let (gpa, avail) = h.translate_one(0xfedf_f000, crate::Access::WRITE).unwrap();
+    // The device may move `avail` bytes from here: past 0xfee0_0000.
+    assert!(
+        0xfedf_f000 + avail <= 0xfee0_0000,
+        "gpa {gpa:#x} avail {avail:#x} crosses the interrupt range"
+    );
+}
+
+#[test]
+fn the_native_path_stops_before_the_interrupt_range_untranslated() {
+    let rig = Rig::new(Config::default());
+    let h = rig.unit.attach(SID);
+    let (_gpa, avail) = h.translate_one(0xfe00_0000, crate::Access::WRITE).unwrap();
+    assert!(
+        0xfe00_0000 + avail <= 0xfee0_0000,
+        "avail {avail:#x} crosses the interrupt range"
+    );
+}
+
+#[test]
+fn fpd_suppresses_a_not_present_context_fault() {
+    let mut rig = Rig::new(Config::default());
+    // Context entry with P = 0 and FPD = 1: spec says FPD is evaluated irrespective of P.
+    rig.context_raw(SID, context::FPD, 0);
+    rig.enable_translation();
+    let h = rig.unit.attach(SID);
+    assert!(dma(&h, 0x1000, 4, Permissions::Read).is_err());
+    assert_eq!(
+        rig.r32(reg::FSTS),
+        0,
+        "context-not-present with FPD=1 recorded"
+    );
+}
+
+#[test]
+fn with_caching_mode_a_new_mapping_needs_an_invalidation() {
+    let mut rig = Rig::new(Config {
+        caching_mode: true,
+        ..Config::default()
+    });
+    let t = rig.context(SID, 1, 4);
+    rig.enable_translation();
+    let h = rig.unit.attach(SID);
+    assert!(dma(&h, 0x1000, 4, Permissions::Read).is_err());
+    rig.map(t, 4, 0x1000, 0x9000, 12, RW);
+    // With CM=1 the issue says only invalidations make changes visible.
+    assert!(
+        dma(&h, 0x1000, 4, Permissions::Read).is_err(),
+        "visible without invalidation"
+    );
+}
+
+#[test]
+fn the_trait_path_never_loses_a_valid_mapping_to_a_concurrent_invalidation() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let mut rig = Rig::new(Config::default());
+    rig.enable_qi();
+    let t = rig.context(SID, 3, 4);
+    for p in 0..64u64 {
+        rig.map(t, 4, p << 12, (p + 16) << 12, 12, RW);
+    }
+    rig.enable_translation();
+    let h = Arc::new(rig.unit.attach(SID));
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..2u64)
+        .map(|w| {
+            let (h, stop, errors) = (h.clone(), stop.clone(), errors.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    let p = (n * 7 + w * 31) % 64;
+                    if let Err(e) = dma(&h, p << 12, 8, Permissions::Read)
+                        && errors.fetch_add(1, Ordering::SeqCst) == 0
+                    {
+                        eprintln!("{e}");
+                    }
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    let status = rig.alloc();
+    for k in 0..20000u32 {
+        rig.submit(&[dsi(3), wait_sw(k, status)]);
+    }
+    stop.store(true, Ordering::SeqCst);
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert_eq!(
+        errors.load(Ordering::SeqCst),
+        0,
+        "valid mappings reported as not mapped"
+    );
+    assert_eq!(rig.r32(reg::FSTS), 0);
+}
+
+/// A walk that began before an invalidation and finishes after it must not cache what it read:
+/// otherwise the invalidation would be undone. Driven deterministically by handing the unit the
+/// generation the walk noted at its start.
+#[test]
+fn a_walk_that_raced_with_an_invalidation_is_not_cached() {
+    use crate::Access;
+    use crate::unit::Mapping;
+    let mut rig = Rig::new(Config::default());
+    let t = rig.context(SID, 1, 4);
+    rig.map(t, 4, 0x1000, 0xa000, 12, RW);
+    rig.enable_translation();
+    let inner = rig.unit.inner.clone();
+    let gpa = |generation| match inner.translate_page(SID, 0x1000, Access::READ, generation) {
+        Ok(Mapping::Leaf(l)) => l.gpa_base,
+        other => panic!("{other:?}"),
+    };
+    // The walk starts; meanwhile the guest invalidates everything (context and IOTLB).
+    let started = inner.generation();
+    rig.w64(reg::CCMD, (1 << 63) | (1 << 61));
+    rig.w64(reg::IOTLB, (1 << 63) | (1 << 60));
+    // The walk completes with its stale start.
+    assert_eq!(gpa(started), 0xa000);
+    // The guest remaps (present to present: visible only through the invalidation it just did).
+    rig.set_q(rig.pte(t, 4, 0x1000), 0xb000 | RW);
+    assert_eq!(
+        gpa(inner.generation()),
+        0xb000,
+        "the racing walk's result was not cached"
+    );
+    // Same for the context cache: a racing lookup caches nothing.
+    let started = inner.generation();
+    rig.w64(reg::CCMD, (1 << 63) | (1 << 61));
+    rig.w64(reg::IOTLB, (1 << 63) | (1 << 60));
+    assert_eq!(gpa(started), 0xb000);
+    rig.context_raw(
+        SID,
+        context::P | (context::TT_PASS_THROUGH << context::TT_SHIFT),
+        2 | (1 << 8),
+    );
+    assert!(matches!(
+        inner.translate_page(SID, 0x1000, Access::READ, inner.generation()),
+        Ok(Mapping::Identity)
+    ));
+}

@@ -106,13 +106,36 @@ fn above_width(addr: u64, width: u8) -> bool {
     addr.checked_shr(u32::from(width)).unwrap_or(0) != 0
 }
 
+/// A translation failure: the reason, and whether recording it is suppressed (the context entry's
+/// FPD, which hardware evaluates whether or not the entry is present).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Failure {
+    pub reason: FaultReason,
+    pub fpd: bool,
+}
+
+impl From<FaultReason> for Failure {
+    fn from(reason: FaultReason) -> Self {
+        Failure { reason, fpd: false }
+    }
+}
+
+/// How a walk ended: at a leaf, at an entry that is not present, or at an entry whose rights
+/// deny the request. The leaf returned says what the request may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WalkEnd {
+    Complete,
+    NotPresent,
+    Denied,
+}
+
 /// Reads and checks the root and context entries of `sid` under the root table at `root_table`.
 pub(crate) fn lookup_context(
     mem: &Memory,
     cfg: &Config,
     root_table: u64,
     sid: u16,
-) -> Result<Context, FaultReason> {
+) -> Result<Context, Failure> {
     let bus = u64::from(sid >> 8);
     let devfn = u64::from(sid & 0xff);
     let root_entry = (root_table & !0xfff).wrapping_add(bus * 16);
@@ -120,22 +143,26 @@ pub(crate) fn lookup_context(
         read_u64(mem, root_entry),
         read_u64(mem, root_entry.wrapping_add(8)),
     ) else {
-        return Err(FaultReason::RootTableInaccessible);
+        return Err(FaultReason::RootTableInaccessible.into());
     };
     if rlo & root::P == 0 {
-        return Err(FaultReason::RootNotPresent);
+        return Err(FaultReason::RootNotPresent.into());
     }
     let ctp = rlo & root::CTP_MASK;
     if rlo & root::LOW_RESERVED != 0 || rhi != 0 || above_width(ctp, cfg.aw_bits) {
-        return Err(FaultReason::RootReserved);
+        return Err(FaultReason::RootReserved.into());
     }
 
     let entry = ctp + devfn * 16;
     let (Some(clo), Some(chi)) = (read_u64(mem, entry), read_u64(mem, entry + 8)) else {
-        return Err(FaultReason::ContextTableInaccessible);
+        return Err(FaultReason::ContextTableInaccessible.into());
     };
+    let fpd = clo & context::FPD != 0;
     if clo & context::P == 0 {
-        return Err(FaultReason::ContextNotPresent);
+        return Err(Failure {
+            reason: FaultReason::ContextNotPresent,
+            fpd,
+        });
     }
     let table = clo & context::SLPTPTR_MASK;
     let did = (chi >> context::DID_SHIFT) & 0xffff;
@@ -144,14 +171,17 @@ pub(crate) fn lookup_context(
         || above_width(did, cfg.domain_id_bits() as u8)
         || above_width(table, cfg.aw_bits)
     {
-        return Err(FaultReason::ContextReserved);
+        return Err(FaultReason::ContextReserved.into());
     }
-    let fpd = clo & context::FPD != 0;
+    let invalid = Failure {
+        reason: FaultReason::ContextInvalid,
+        fpd,
+    };
     let kind = match (clo >> context::TT_SHIFT) & 3 {
         context::TT_MULTI_LEVEL => {
             let aw = chi & context::AW_MASK;
             if aw > 4 || cfg.sagaw() & (1 << aw) == 0 {
-                return Err(FaultReason::ContextInvalid);
+                return Err(invalid);
             }
             ContextKind::Translated {
                 table,
@@ -160,7 +190,7 @@ pub(crate) fn lookup_context(
         }
         context::TT_PASS_THROUGH if cfg.pass_through => ContextKind::PassThrough,
         // Device-TLB translation needs ECAP.DT, which this unit does not offer; 3 is reserved.
-        _ => return Err(FaultReason::ContextInvalid),
+        _ => return Err(invalid),
     };
     Ok(Context {
         did: did as u16,
@@ -169,7 +199,9 @@ pub(crate) fn lookup_context(
     })
 }
 
-/// Walks the second-level tables for `iova`, checking `access` at every level.
+/// Walks the second-level tables for `iova`, checking `access` at every level. Stops at the first
+/// entry that is not present or that denies the access, returning a 4 KiB leaf with what the
+/// request may do there (nothing, or less than it asks); errors are the structural faults.
 pub(crate) fn walk(
     mem: &Memory,
     cfg: &Config,
@@ -177,7 +209,14 @@ pub(crate) fn walk(
     levels: u8,
     iova: u64,
     access: Access,
-) -> Result<Leaf, FaultReason> {
+) -> Result<(Leaf, WalkEnd), FaultReason> {
+    let page = |read, write| Leaf {
+        iova_base: iova & !0xfff,
+        gpa_base: 0,
+        shift: 12,
+        read,
+        write,
+    };
     let width = (12 + 9 * u32::from(levels)).min(u32::from(cfg.aw_bits));
     if iova.checked_shr(width).unwrap_or(0) != 0 {
         return Err(FaultReason::AddressBeyondWidth);
@@ -190,7 +229,7 @@ pub(crate) fn walk(
         let entry = read_u64(mem, table + index * 8).ok_or(FaultReason::PagingEntryInaccessible)?;
         let (r, w) = (entry & slpte::R != 0, entry & slpte::W != 0);
         if !r && !w {
-            return Err(access.denied());
+            return Ok((page(false, false), WalkEnd::NotPresent));
         }
         let addr = entry & slpte::ADDR_MASK;
         let leaf = level == 1 || entry & slpte::PS != 0;
@@ -208,16 +247,17 @@ pub(crate) fn walk(
         read &= r;
         write &= w;
         if (access.read && !read) || (access.write && !write) {
-            return Err(access.denied());
+            return Ok((page(read, write), WalkEnd::Denied));
         }
         if leaf {
-            return Ok(Leaf {
+            let leaf = Leaf {
                 iova_base: iova & !page_mask,
                 gpa_base: addr,
                 shift,
                 read,
                 write,
-            });
+            };
+            return Ok((leaf, WalkEnd::Complete));
         }
         table = addr;
     }

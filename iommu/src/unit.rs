@@ -19,7 +19,8 @@ use crate::config::{Config, ConfigError};
 use crate::handle::DeviceHandle;
 use crate::regs::Regs;
 use crate::spec::{FaultReason, granularity};
-use crate::translate::{self, Access, Context, ContextKind, Leaf};
+pub(crate) use crate::translate::Failure;
+use crate::translate::{self, Access, Context, ContextKind, Leaf, WalkEnd};
 
 /// An interrupt message: the address and data a device (here, the unit) writes to signal an MSI.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,13 +87,6 @@ pub(crate) enum Mapping {
     Leaf(Leaf),
 }
 
-/// A translation failure: the reason, and whether recording it is suppressed (FPD).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Failure {
-    pub reason: FaultReason,
-    pub fpd: bool,
-}
-
 /// The state shared by the unit and every device handle.
 pub(crate) struct Inner {
     pub config: Config,
@@ -134,18 +128,23 @@ impl Inner {
         }
     }
 
-    /// The context of `sid`, from the cache or the tables.
-    fn context(&self, sid: u16, generation: u64) -> Result<Context, FaultReason> {
+    /// The context of `sid`, from the cache or the tables. With caching mode, a context that is
+    /// not present is cached too (as hardware may, under the reserved domain id 0), so only the
+    /// guest's context invalidation makes a new one visible.
+    fn context(&self, sid: u16, generation: u64) -> Result<Context, Failure> {
         if let Some(c) = read(&self.contexts).get(sid) {
-            return Ok(c);
+            return c;
         }
         let root = self.root_table.load(Ordering::SeqCst);
-        let ctx = translate::lookup_context(&self.mem, &self.config, root, sid)?;
-        let mut cache = write(&self.contexts);
-        if self.generation() == generation {
-            cache.insert(sid, ctx);
+        let ctx = translate::lookup_context(&self.mem, &self.config, root, sid);
+        let not_present = matches!(&ctx, Err(f) if matches!(f.reason, FaultReason::RootNotPresent | FaultReason::ContextNotPresent));
+        if ctx.is_ok() || (not_present && self.config.caching_mode) {
+            let mut cache = write(&self.contexts);
+            if self.generation() == generation {
+                cache.insert(sid, ctx);
+            }
         }
-        Ok(ctx)
+        ctx
     }
 
     /// Translates the page of `iova` for device `sid`. `generation` is the generation the caller
@@ -161,9 +160,7 @@ impl Inner {
         if !self.te.load(Ordering::SeqCst) {
             return Ok(Mapping::Identity);
         }
-        let ctx = self
-            .context(sid, generation)
-            .map_err(|reason| Failure { reason, fpd: false })?;
+        let ctx = self.context(sid, generation)?;
         let fail = |reason| Failure {
             reason,
             fpd: ctx.fpd,
@@ -181,13 +178,26 @@ impl Inner {
         }
         count(&self.stats.iotlb_misses);
         count(&self.stats.walks);
-        let leaf =
+        let (leaf, end) =
             translate::walk(&self.mem, &self.config, table, levels, iova, access).map_err(fail)?;
-        let mut iotlb = write(&self.iotlb);
-        if self.generation() == generation {
-            iotlb.insert(ctx.did, leaf);
+        // Present translations are cached; not-present ones only with caching mode, where the
+        // guest must invalidate after making them present.
+        let cacheable = match end {
+            WalkEnd::Complete => true,
+            WalkEnd::NotPresent => self.config.caching_mode,
+            WalkEnd::Denied => false,
+        };
+        if cacheable {
+            let mut iotlb = write(&self.iotlb);
+            if self.generation() == generation {
+                iotlb.insert(ctx.did, leaf);
+            }
         }
-        Ok(Mapping::Leaf(leaf))
+        if leaf.allows(access) {
+            Ok(Mapping::Leaf(leaf))
+        } else {
+            Err(fail(access.denied()))
+        }
     }
 
     /// Records a translation fault of `sid` at `iova` (unless its context disables that), and

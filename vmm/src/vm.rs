@@ -462,12 +462,12 @@ fn add_pci(
     );
     let mut root = PciRoot::new(mmio.clone(), pio.clone(), mmio_window, PCI_IO_WINDOW);
     let msi: Arc<dyn iommu::MsiSender> = Arc::new(KvmMsi { vm: vm.clone() });
+    // One count per IOAPIC pin: devices sharing a pin keep it asserted while any of them does.
+    let pins: Vec<Arc<Mutex<u32>>> = (0..8).map(|_| Arc::default()).collect();
     for (i, kind) in kinds.iter().enumerate() {
         let gsi = FIRST_PCI_GSI + (i as u32 % 8);
-        let intx = Arc::new(KvmIrqLine {
-            vm: vm.clone(),
-            gsi,
-        });
+        let pin = pins.get(i % 8).cloned().unwrap_or_default();
+        let intx = Arc::new(KvmIrqLine::new(vm.clone(), gsi, pin));
         let device: SharedPciDevice = match kind {
             DeviceKind::Edu => Arc::new(Mutex::new(Edu::new(
                 DmaHandle::Direct(mem.clone()),

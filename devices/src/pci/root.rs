@@ -209,18 +209,20 @@ impl PciRoot {
 
     /// Brings the bus mappings of slot `index` in line with its BARs and command register. The
     /// device's lock is not held while the buses change, so a BAR access in flight cannot deadlock
-    /// with it.
+    /// with it. A BAR whose range is taken stays unmapped until a later remap finds it free.
     fn remap(&self, index: usize) {
         let Some(Some(slot)) = self.slots.get(index) else {
             return;
         };
+        // The mapping lock first, then the device's (briefly): two configuration writes to one
+        // device cannot interleave their reads and their bus updates.
+        let mut mapped = slot.mapped.lock().unwrap_or_else(PoisonError::into_inner);
         let wanted = decoding_bars(
             slot.device
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .config(),
         );
-        let mut mapped = slot.mapped.lock().unwrap_or_else(PoisonError::into_inner);
         for (bar, (now, want)) in mapped.iter_mut().zip(wanted).enumerate() {
             if *now == want {
                 continue;
@@ -276,6 +278,10 @@ impl PciRoot {
             d.config_written();
         }
         self.remap(index);
+        // A BAR that moved may have freed a range another device's BAR was waiting for.
+        for other in (0..self.slots.len()).filter(|&i| i != index) {
+            self.remap(other);
+        }
     }
 }
 
@@ -547,6 +553,109 @@ mod bar_tests {
         assert_eq!(
             root.add(big(), None),
             Err(PciError::NoBarSpace { size: 0x10_0000 })
+        );
+    }
+}
+
+#[cfg(test)]
+mod bar_race_tests {
+    use super::*;
+
+    struct Probe(ConfigSpace);
+    impl PciDevice for Probe {
+        fn config(&mut self) -> &mut ConfigSpace {
+            &mut self.0
+        }
+        fn bar_read(&mut self, _bar: usize, _offset: u64, data: &mut [u8]) {
+            data.fill(0x5a);
+        }
+    }
+
+    #[test]
+    fn concurrent_bar_moves_leave_the_mapping_matching_the_config() {
+        let (mmio, pio) = (Arc::new(Bus::new()), Arc::new(Bus::new()));
+        let mut root = PciRoot::new(
+            mmio.clone(),
+            pio,
+            (0xc000_0000, 0x2000_0000),
+            (0xc000, 0x4000),
+        );
+        let mut config = ConfigSpace::new(1, 2, 0, 0);
+        config.add_bar(0, BarKind::Memory32, 0x1000);
+        root.add(Arc::new(Mutex::new(Probe(config))), None).unwrap();
+        let root = Arc::new(root);
+        let mut mismatches = 0;
+        for _round in 0..200u32 {
+            let barrier = Arc::new(std::sync::Barrier::new(2));
+            let ts: Vec<_> = [0xd000_0000u32, 0xd100_0000]
+                .into_iter()
+                .map(|a| {
+                    let (root, barrier) = (root.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        for k in 0..200u32 {
+                            root.config_write(0, 1, 0, 0x10, &(a + (k << 12)).to_le_bytes());
+                        }
+                    })
+                })
+                .collect();
+            for t in ts {
+                t.join().unwrap();
+            }
+            let mut b = [0u8; 4];
+            root.config_read(0, 1, 0, 0x10, &mut b);
+            let bar = u64::from(u32::from_le_bytes(b));
+            let mut d = [0u8; 1];
+            if !mmio.read(bar, &mut d) {
+                mismatches += 1;
+            }
+        }
+        assert_eq!(mismatches, 0, "BAR in config not mapped on the bus");
+    }
+}
+
+#[cfg(test)]
+mod bar_swap_tests {
+    use super::*;
+    struct Probe(ConfigSpace);
+    impl PciDevice for Probe {
+        fn config(&mut self) -> &mut ConfigSpace {
+            &mut self.0
+        }
+        fn bar_read(&mut self, _bar: usize, _offset: u64, data: &mut [u8]) {
+            data.fill(0x5a);
+        }
+    }
+    #[test]
+    fn swapping_two_bars_leaves_both_decoding() {
+        let (mmio, pio) = (Arc::new(Bus::new()), Arc::new(Bus::new()));
+        let mut root = PciRoot::new(
+            mmio.clone(),
+            pio,
+            (0xc000_0000, 0x2000_0000),
+            (0xc000, 0x4000),
+        );
+        for _ in 0..2 {
+            let mut c = ConfigSpace::new(1, 2, 0, 0);
+            c.add_bar(0, BarKind::Memory32, 0x1000);
+            root.add(Arc::new(Mutex::new(Probe(c))), None).unwrap();
+        }
+        let bar = |root: &PciRoot, dev| {
+            let mut b = [0u8; 4];
+            root.config_read(0, dev, 0, 0x10, &mut b);
+            u32::from_le_bytes(b)
+        };
+        let (a, b) = (bar(&root, 1), bar(&root, 2));
+        root.config_write(0, 1, 0, 0x10, &b.to_le_bytes());
+        root.config_write(0, 2, 0, 0x10, &a.to_le_bytes());
+        let mut d = [0u8; 1];
+        assert!(
+            mmio.read(u64::from(b), &mut d),
+            "device 1 at {b:#x} not decoding"
+        );
+        assert!(
+            mmio.read(u64::from(a), &mut d),
+            "device 2 at {a:#x} not decoding"
         );
     }
 }
