@@ -555,34 +555,29 @@ mod bar_tests {
             Err(PciError::NoBarSpace { size: 0x10_0000 })
         );
     }
-}
 
-#[cfg(test)]
-mod bar_race_tests {
-    use super::*;
+    /// A root whose memory BARs land on `mmio`.
+    fn new_root(mmio: &Arc<Bus>) -> PciRoot {
+        PciRoot::new(
+            mmio.clone(),
+            Arc::new(Bus::new()),
+            (0xc000_0000, 0x2000_0000),
+            (0xc000, 0x4000),
+        )
+    }
 
-    struct Probe(ConfigSpace);
-    impl PciDevice for Probe {
-        fn config(&mut self) -> &mut ConfigSpace {
-            &mut self.0
-        }
-        fn bar_read(&mut self, _bar: usize, _offset: u64, data: &mut [u8]) {
-            data.fill(0x5a);
-        }
+    /// A probe with one 32-bit memory BAR of `size` bytes.
+    fn probe_with_bar(size: u64) -> SharedPciDevice {
+        let mut c = ConfigSpace::new(1, 2, 0, 0);
+        c.add_bar(0, BarKind::Memory32, size);
+        Arc::new(Mutex::new(Probe(c)))
     }
 
     #[test]
     fn concurrent_bar_moves_leave_the_mapping_matching_the_config() {
-        let (mmio, pio) = (Arc::new(Bus::new()), Arc::new(Bus::new()));
-        let mut root = PciRoot::new(
-            mmio.clone(),
-            pio,
-            (0xc000_0000, 0x2000_0000),
-            (0xc000, 0x4000),
-        );
-        let mut config = ConfigSpace::new(1, 2, 0, 0);
-        config.add_bar(0, BarKind::Memory32, 0x1000);
-        root.add(Arc::new(Mutex::new(Probe(config))), None).unwrap();
+        let mmio = Arc::new(Bus::new());
+        let mut root = new_root(&mmio);
+        root.add(probe_with_bar(0x1000), None).unwrap();
         let root = Arc::new(root);
         let mut mismatches = 0;
         for _round in 0..200u32 {
@@ -612,33 +607,13 @@ mod bar_race_tests {
         }
         assert_eq!(mismatches, 0, "BAR in config not mapped on the bus");
     }
-}
 
-#[cfg(test)]
-mod bar_swap_tests {
-    use super::*;
-    struct Probe(ConfigSpace);
-    impl PciDevice for Probe {
-        fn config(&mut self) -> &mut ConfigSpace {
-            &mut self.0
-        }
-        fn bar_read(&mut self, _bar: usize, _offset: u64, data: &mut [u8]) {
-            data.fill(0x5a);
-        }
-    }
     #[test]
     fn swapping_two_bars_leaves_both_decoding() {
-        let (mmio, pio) = (Arc::new(Bus::new()), Arc::new(Bus::new()));
-        let mut root = PciRoot::new(
-            mmio.clone(),
-            pio,
-            (0xc000_0000, 0x2000_0000),
-            (0xc000, 0x4000),
-        );
+        let mmio = Arc::new(Bus::new());
+        let mut root = new_root(&mmio);
         for _ in 0..2 {
-            let mut c = ConfigSpace::new(1, 2, 0, 0);
-            c.add_bar(0, BarKind::Memory32, 0x1000);
-            root.add(Arc::new(Mutex::new(Probe(c))), None).unwrap();
+            root.add(probe_with_bar(0x1000), None).unwrap();
         }
         let bar = |root: &PciRoot, dev| {
             let mut b = [0u8; 4];
