@@ -7,15 +7,10 @@ use std::sync::Arc;
 
 use iommu::{MsiMessage, MsiSender};
 
+use crate::InterruptLine;
 use crate::dma::DmaHandle;
 use crate::pci::config::{command, offset};
 use crate::pci::{BarKind, ConfigSpace, PciDevice};
-
-/// A level-triggered interrupt line (INTx) as the VMM wires it to the interrupt controller.
-pub trait InterruptLine: Send + Sync {
-    /// Asserts (true) or deasserts (false) the line.
-    fn set_level(&self, asserted: bool);
-}
 
 /// Register offsets in BAR0.
 mod reg {

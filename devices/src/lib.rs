@@ -1,7 +1,8 @@
 //! Device models of the virtual machine: the port-I/O and MMIO buses, and the devices on them.
 //!
-//! Nothing here talks to KVM. Interrupts arrive as trigger handles, and a request from the guest to
-//! stop the VM (power off, reset, a test verdict) goes to an [`ExitSink`] that the VMM implements.
+//! Nothing here talks to KVM. Interrupts leave devices through trigger handles, [`InterruptLine`]s
+//! and MSI senders, and a request from the guest to stop the VM (power off, reset, a test verdict)
+//! goes to an [`ExitSink`]; the VMM implements them all.
 
 #![cfg_attr(test, allow(clippy::indexing_slicing))]
 
@@ -28,4 +29,11 @@ pub enum GuestExit {
 pub trait ExitSink: Send + Sync {
     /// Records the request and wakes whoever waits for the VM to stop.
     fn guest_exit(&self, exit: GuestExit);
+}
+
+/// A level-triggered interrupt line (a PCI INTx pin) as the VMM wires it to the interrupt
+/// controller.
+pub trait InterruptLine: Send + Sync {
+    /// Asserts (true) or deasserts (false) the line.
+    fn set_level(&self, asserted: bool);
 }

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use devices::edu::InterruptLine;
+use devices::InterruptLine;
 use iommu::{MsiMessage, MsiSender};
 use kvm_bindings::kvm_msi;
 use kvm_ioctls::VmFd;
