@@ -187,7 +187,10 @@ mod tests {
             assert_eq!(f.ebx >> 24, u32::from(index), "initial APIC id");
             assert_eq!((f.ebx >> 16) & 0xff, 4, "addressable logical processors");
             assert_ne!(f.ecx & ECX_HYPERVISOR, 0);
-            assert_eq!(f.ecx & (ECX_VMX | ECX_MONITOR), 0);
+            assert_eq!(
+                f.ecx & (ECX_VMX | ECX_MONITOR | ECX_SMX | ECX_EIST | ECX_TM2),
+                0
+            );
             assert_ne!(f.edx & EDX_HTT, 0);
             assert_eq!(f.ecx & ECX_TSC_DEADLINE != 0, tsc_deadline);
 
@@ -204,6 +207,24 @@ mod tests {
             );
             assert_eq!((end.ebx, (end.ecx >> 8) & 0xff), (0, 0));
 
+            // Cache topology: four cores in the package; the last level shared by all of them.
+            for e in back
+                .as_slice()
+                .iter()
+                .filter(|e| e.function == LEAF_CACHE_PARAMS && e.eax & 0x1f != 0)
+            {
+                assert_eq!(e.eax >> 26, 3, "cores per package - 1");
+                let sharing = (e.eax >> 14) & 0xfff;
+                assert_eq!(sharing, if (e.eax >> 5) & 7 >= 3 { 3 } else { 0 });
+            }
+            if let Some(thermal) = back
+                .as_slice()
+                .iter()
+                .find(|e| e.function == LEAF_THERMAL_POWER)
+            {
+                assert_eq!(thermal.eax & !EAX_ARAT, 0);
+                assert_eq!((thermal.ebx, thermal.ecx, thermal.edx), (0, 0, 0));
+            }
             if back.as_slice().iter().any(|e| e.function == LEAF_PMU) {
                 let pmu = find(&back, LEAF_PMU, 0);
                 assert_eq!((pmu.eax, pmu.ebx, pmu.ecx, pmu.edx), (0, 0, 0, 0));

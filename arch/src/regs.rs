@@ -172,3 +172,50 @@ fn set_lint_pins(vcpu: &VcpuFd) -> Result<(), Error> {
     }
     vcpu.set_lapic(&lapic).map_err(kvm("local APIC"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvm_ioctls::Kvm;
+
+    /// The power-on state as KVM holds it afterwards: LINT0 ExtINT, LINT1 NMI, the boot MSRs.
+    #[test]
+    fn power_on_state_reads_back_from_kvm() {
+        let Ok(kvm) = Kvm::new() else {
+            crate::skip(
+                "regs::power_on_state_reads_back_from_kvm",
+                "/dev/kvm is not available",
+            );
+            return;
+        };
+        let vm = kvm.create_vm().unwrap();
+        vm.create_irq_chip().unwrap();
+        let vcpu = vm.create_vcpu(0).unwrap();
+        set_power_on_state(&vcpu).unwrap();
+
+        let lapic = vcpu.get_lapic().unwrap();
+        let lvt = |offset: usize| {
+            let b: [u8; 4] = std::array::from_fn(|i| lapic.regs[offset + i] as u8);
+            u32::from_le_bytes(b) & DELIVERY_MODE_MASK
+        };
+        assert_eq!(lvt(APIC_LVT_LINT0), DELIVERY_EXTINT);
+        assert_eq!(lvt(APIC_LVT_LINT1), DELIVERY_NMI);
+
+        let wanted = [msr::IA32_MISC_ENABLE, msr::IA32_MTRR_DEF_TYPE];
+        let entries: Vec<kvm_msr_entry> = wanted
+            .iter()
+            .map(|&index| kvm_msr_entry {
+                index,
+                ..Default::default()
+            })
+            .collect();
+        let mut msrs = Msrs::from_entries(&entries).unwrap();
+        assert_eq!(vcpu.get_msrs(&mut msrs).unwrap(), 2);
+        let values: Vec<u64> = msrs.as_slice().iter().map(|e| e.data).collect();
+        assert_eq!(values[0] & MISC_ENABLE_FAST_STRING, MISC_ENABLE_FAST_STRING);
+        assert_eq!(values[1], MTRR_DEF_TYPE_WB_ENABLED);
+        // MXCSR is set too, but this project's software KVM (kvm_pvm) reads it back as 0 through
+        // KVM_GET_FPU, so only the x87 control word is checked here.
+        assert_eq!(vcpu.get_fpu().unwrap().fcw, 0x37f);
+    }
+}
