@@ -236,6 +236,9 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
     register_signal_handler(SIGRTMIN(), kick)
         .map_err(|e| host_err("install the vCPU kick signal handler")(e.into()))?;
 
+    // The terminal goes raw before any vCPU runs, so nothing the user types meets a cooked tty;
+    // it is restored when this function returns, before the VMM prints its outcome or exits.
+    let _raw = (config.serial == SerialOutput::Stdout).then(RawTerminal::new);
     let shared = vcpu::Shared {
         pio,
         mmio,
@@ -492,7 +495,7 @@ fn add_pci(
 }
 
 /// Runs the event loop (console input, terminating signals, the exit event) until the VM's outcome
-/// is set or the timeout expires. A terminal on standard input is in raw mode meanwhile.
+/// is set or the timeout expires.
 fn wait_for_end(
     latch: &Arc<ExitLatch>,
     wake: EventFd,
@@ -513,8 +516,6 @@ fn wait_for_end(
         }
         Err(e) => log::warn!("terminating signals will not stop the VM in order: {e}"),
     }
-    // Dropped (the terminal restored) when this function returns, before the VMM prints or exits.
-    let _raw = (*serial_out == SerialOutput::Stdout).then(RawTerminal::new);
     if *serial_out == SerialOutput::Stdout {
         match StdinInput::new(serial, rx_drained, latch.clone()) {
             Ok(input) => {
