@@ -3,9 +3,10 @@
 //! (a range map from IOVA to guest-physical address). That cache belongs to one generation of the
 //! unit's caches: when any invalidation, translation switch or new root table moves the generation,
 //! the handle drops it on its next translation, so a completed invalidation is never undone by it.
-//! It is a small first level in front of the unit's IOTLB (which evicts one entry at a time): when
-//! it has taken [`LOCAL_CAPACITY`] mappings since it was last emptied it starts over, so a guest
-//! that maps without ever invalidating cannot make it grow without bound.
+//! It is a small first level in front of the unit's IOTLB (which evicts one entry at a time): a
+//! translation that finds it holding [`LOCAL_CAPACITY`] mappings starts it over, so a guest that
+//! maps without ever invalidating cannot make it grow without bound, while one DMA keeps every
+//! mapping it needs however many leaves it spans.
 
 use std::ops::Deref;
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -31,11 +32,15 @@ pub struct Local {
 pub const LOCAL_CAPACITY: usize = 1024;
 
 impl Local {
+    /// Empties the cache: at a new generation, or before a translation once it is full (never
+    /// during one, which must find every mapping it inserted).
+    fn start_over(&mut self, generation: u64) {
+        self.iotlb.invalidate_all();
+        self.inserted = 0;
+        self.generation = generation;
+    }
+
     fn insert(&mut self, iova: u64, gpa: u64, len: u64, perms: Permissions) {
-        if self.inserted >= LOCAL_CAPACITY {
-            self.iotlb.invalidate_all();
-            self.inserted = 0;
-        }
         self.inserted += 1;
         // vm-memory's range map holds [iova, iova + len): a span reaching the top of the address
         // space loses its last byte rather than overflow. set_mapping cannot fail otherwise; a
@@ -301,10 +306,8 @@ impl Iommu for DeviceHandle {
             }
         }
         let mut local = self.local.write().unwrap_or_else(PoisonError::into_inner);
-        if local.generation != generation {
-            local.iotlb.invalidate_all();
-            local.inserted = 0;
-            local.generation = generation;
+        if local.generation != generation || local.inserted >= LOCAL_CAPACITY {
+            local.start_over(generation);
         }
         self.resolve(
             &mut local,

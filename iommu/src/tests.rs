@@ -788,6 +788,41 @@ fn a_handles_own_cache_stays_bounded() {
     assert!(h.cached_mappings() < 200, "started over once full");
 }
 
+/// One DMA keeps every leaf it needs in the handle's cache: also when it spans more leaves than
+/// the cache takes between resets, or when the cache fills up part-way through it.
+#[test]
+fn a_dma_is_translated_in_full_however_full_the_handles_cache() {
+    let mut rig = Rig::new(Config::default());
+    let t = rig.context(SID, 1, 4);
+    let pages = crate::LOCAL_CAPACITY as u64 + 100;
+    // Every other page of guest memory, so that no two leaves are contiguous.
+    let gpa = |p: u64| (p % 32) << 13;
+    for p in 0..pages {
+        rig.map(t, 4, p << 12, gpa(p), 12, RW);
+    }
+    rig.enable_translation();
+    let h = rig.unit.attach(SID);
+    let all: Vec<(u64, usize)> = (0..pages).map(|p| (gpa(p), 0x1000)).collect();
+    let got = dma(&h, 0, all.len() << 12, Permissions::Read);
+    assert!(
+        got.as_ref() == Ok(&all),
+        "{} leaves wanted, got {:?}",
+        all.len(),
+        got.map(|ranges| ranges.len())
+    );
+
+    let h = rig.unit.attach(SID);
+    for p in 0..crate::LOCAL_CAPACITY as u64 - 1 {
+        dma(&h, p << 12, 8, Permissions::Read).unwrap();
+    }
+    assert_eq!(h.cached_mappings(), crate::LOCAL_CAPACITY - 1);
+    let last = pages - 2;
+    assert_eq!(
+        dma(&h, (last << 12) + 0xff8, 16, Permissions::Read),
+        Ok(vec![(gpa(last) + 0xff8, 8), (gpa(last + 1), 8)])
+    );
+}
+
 /// A driver thread remaps one IOVA to version k of a page, invalidates (PSI, then a wait
 /// descriptor) and publishes k; device threads translating meanwhile never see a version older
 /// than the last one published before their translation began.
