@@ -212,19 +212,17 @@ impl Iotlb {
     }
 
     fn remove_if(&mut self, mut pred: impl FnMut(&Key) -> bool) {
-        let doomed: Vec<(Key, usize)> = self
-            .index
-            .iter()
-            .filter(|(k, _)| pred(k))
-            .map(|(k, i)| (*k, *i))
-            .collect();
-        for (key, i) in doomed {
-            self.index.remove(&key);
-            if let Some(s) = self.slots.get_mut(i) {
+        let (slots, free) = (&mut self.slots, &mut self.free);
+        self.index.retain(|key, &mut i| {
+            if !pred(key) {
+                return true;
+            }
+            if let Some(s) = slots.get_mut(i) {
                 *s = None;
             }
-            self.free.push(i);
-        }
+            free.push(i);
+            false
+        });
     }
 
     pub fn clear(&mut self) {
