@@ -210,10 +210,12 @@ impl PciRoot {
     /// Brings the bus mappings of slot `index` in line with its BARs and command register. The
     /// device's lock is not held while the buses change, so a BAR access in flight cannot deadlock
     /// with it. A BAR whose range is taken stays unmapped until a later remap finds it free.
-    fn remap(&self, index: usize) {
+    /// Returns whether a mapping was removed (its range may be what another BAR waits for).
+    fn remap(&self, index: usize) -> bool {
         let Some(Some(slot)) = self.slots.get(index) else {
-            return;
+            return false;
         };
+        let mut freed = false;
         // The mapping lock first, then the device's (briefly): two configuration writes to one
         // device cannot interleave their reads and their bus updates.
         let mut mapped = slot.mapped.lock().unwrap_or_else(PoisonError::into_inner);
@@ -234,6 +236,7 @@ impl PciRoot {
                     &self.mmio
                 };
                 bus.remove(addr);
+                freed = true;
             }
             if let Some((kind, addr, size)) = want {
                 let bus = if kind == BarKind::Io {
@@ -252,6 +255,7 @@ impl PciRoot {
                 }
             }
         }
+        freed
     }
 
     /// A configuration read; absent devices read all ones (a master abort).
@@ -277,10 +281,11 @@ impl PciRoot {
             d.config().write(usize::from(offset), data);
             d.config_written();
         }
-        self.remap(index);
-        // A BAR that moved may have freed a range another device's BAR was waiting for.
-        for other in (0..self.slots.len()).filter(|&i| i != index) {
-            self.remap(other);
+        // A BAR that moved or stopped decoding may free a range another device's BAR waits for.
+        if self.remap(index) {
+            for other in (0..self.slots.len()).filter(|&i| i != index) {
+                self.remap(other);
+            }
         }
     }
 }
