@@ -310,13 +310,17 @@ impl ConfigAddressPort {
     /// The target of a data-port access `port_offset` bytes into CONFIG_DATA: bus, device,
     /// function and register. Some guests put the low two register bits in CONFIG_ADDRESS and
     /// always use 0xcfc, others use 0xcfc + n: both combine as (address & 0xfc) | ((address |
-    /// n) & 3).
-    fn target(&self, port_offset: u64) -> Option<(u8, u8, u8, u16)> {
+    /// n) & 3). An access of `len` bytes that would run past the 256 bytes this mechanism reaches
+    /// has no target.
+    fn target(&self, port_offset: u64, len: usize) -> Option<(u8, u8, u8, u16)> {
         if self.address & ENABLE == 0 {
             return None;
         }
         let a = self.address;
         let reg = (a & 0xfc) | ((a | port_offset as u32) & 3);
+        if reg as usize + len > 0x100 {
+            return None;
+        }
         Some((
             (a >> 16) as u8,
             ((a >> 11) & 0x1f) as u8,
@@ -330,7 +334,7 @@ impl BusDevice for ConfigAddressPort {
     fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
         match offset {
             0 if data.len() == 4 => data.copy_from_slice(&self.address.to_le_bytes()),
-            4..=7 => match self.target(offset - 4) {
+            4..=7 => match self.target(offset - 4, data.len()) {
                 Some((bus, dev, func, reg)) => self.root.config_read(bus, dev, func, reg, data),
                 None => data.fill(0xff),
             },
@@ -347,7 +351,7 @@ impl BusDevice for ConfigAddressPort {
                 self.address = u32::from_le_bytes(b) & !0x7f00_0000;
             }
             4..=7 => {
-                if let Some((bus, dev, func, reg)) = self.target(offset - 4) {
+                if let Some((bus, dev, func, reg)) = self.target(offset - 4, data.len()) {
                     self.root.config_write(bus, dev, func, reg, data);
                 }
             }
@@ -431,6 +435,22 @@ mod tests {
         let mut a = [0u8; 4];
         p.read(0xcf8, 0, &mut a);
         assert_eq!(u32::from_le_bytes(a), ENABLE | 2);
+    }
+
+    /// Mechanism #1 reaches registers 0-0xff only: an access running past 0xff goes nowhere.
+    #[test]
+    fn port_accesses_stop_at_the_end_of_the_legacy_space() {
+        let mut p = port();
+        select(&mut p, 0, 0xff);
+        let mut b = [0u8; 1];
+        p.read(0xcf8, 4, &mut b);
+        assert_eq!(b, [0], "the last register is reachable");
+        let mut d = [0u8; 4];
+        p.read(0xcf8, 4, &mut d);
+        assert_eq!(d, [0xff; 4], "extended registers are not");
+        select(&mut p, 0, 0xfc);
+        p.read(0xcf8, 6, &mut d);
+        assert_eq!(d, [0xff; 4]);
     }
 
     #[test]
