@@ -156,8 +156,8 @@ impl DeviceHandle {
     }
 
     /// The native translation path: the guest-physical address of `iova` and how many bytes from
-    /// it stay within the same leaf (so a device moves `min(len, that)` bytes, then translates the
-    /// next address). A hit costs a few atomic loads; a miss goes through the unit's caches and
+    /// it (at least one) stay within the same leaf, so a device moves `min(len, that)` bytes, then
+    /// translates the next address. A hit costs a few atomic loads; a miss goes through the unit's caches and
     /// tables, and a failure records the fault.
     pub fn translate_one(&self, iova: u64, access: Access) -> Result<(u64, u64), DmaFault> {
         if INTERRUPT_RANGE.contains(&iova) {

@@ -591,6 +591,13 @@ mod bar_tests {
         )
     }
 
+    /// BAR0 of device `dev` as its configuration space holds it.
+    fn bar0(root: &PciRoot, dev: u8) -> u32 {
+        let mut b = [0u8; 4];
+        root.config_read(0, dev, 0, 0x10, &mut b);
+        u32::from_le_bytes(b)
+    }
+
     /// A probe with one 32-bit memory BAR of `size` bytes.
     fn probe_with_bar(size: u64) -> SharedPciDevice {
         let mut c = ConfigSpace::new(1, 2, 0, 0);
@@ -622,9 +629,7 @@ mod bar_tests {
             for t in ts {
                 t.join().unwrap();
             }
-            let mut b = [0u8; 4];
-            root.config_read(0, 1, 0, 0x10, &mut b);
-            let bar = u64::from(u32::from_le_bytes(b));
+            let bar = u64::from(bar0(&root, 1));
             let mut d = [0u8; 1];
             if !mmio.read(bar, &mut d) {
                 mismatches += 1;
@@ -640,12 +645,7 @@ mod bar_tests {
         for _ in 0..2 {
             root.add(probe_with_bar(0x1000), None).unwrap();
         }
-        let bar = |root: &PciRoot, dev| {
-            let mut b = [0u8; 4];
-            root.config_read(0, dev, 0, 0x10, &mut b);
-            u32::from_le_bytes(b)
-        };
-        let (a, b) = (bar(&root, 1), bar(&root, 2));
+        let (a, b) = (bar0(&root, 1), bar0(&root, 2));
         root.config_write(0, 1, 0, 0x10, &b.to_le_bytes());
         root.config_write(0, 2, 0, 0x10, &a.to_le_bytes());
         let mut d = [0u8; 1];
