@@ -6,10 +6,15 @@
 //! handle for the device's requester id, translating each leaf's worth of the access (see the
 //! `iommu` crate) before copying.
 
+use std::iter::FusedIterator;
 use std::sync::Arc;
 
 use iommu::{Access, DeviceHandle, DmaFault};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::guest_memory::GuestMemorySliceIterator;
+use vm_memory::{
+    Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError, GuestMemoryMmap, Permissions,
+    VolatileSlice,
+};
 
 /// Guest memory as devices see it.
 pub type GuestMemory = GuestMemoryMmap<()>;
@@ -96,6 +101,123 @@ impl DmaHandle {
         }
     }
 }
+
+/// Code that works on any of vm-memory's address spaces (virtqueues, for one), run by
+/// [`DmaHandle::access`] with the handle's address space.
+pub trait MemoryUser {
+    /// What the code returns.
+    type Output;
+
+    /// Runs with `mem` as the device's view of memory.
+    fn run<M: vm_memory::GuestMemory>(self, mem: &M) -> Self::Output;
+}
+
+impl DmaHandle {
+    /// Runs `user` on the device's address space: guest memory itself for a direct handle (the
+    /// code is compiled for it, no dispatch per access), or the unit's translation of the device's
+    /// addresses (on the unit's native path) for a remapped one.
+    pub fn access<U: MemoryUser>(&self, user: U) -> U::Output {
+        match self {
+            DmaHandle::Direct(mem) => user.run(mem.as_ref()),
+            DmaHandle::Remapped { mem, iommu } => user.run(&RemappedMemory { mem, iommu }),
+        }
+    }
+
+    /// Whether the device sits behind a remapping unit.
+    pub fn is_remapped(&self) -> bool {
+        matches!(self, DmaHandle::Remapped { .. })
+    }
+}
+
+/// A device's addresses as vm-memory sees them behind a remapping unit: every range is translated
+/// leaf by leaf by the unit (a fault is recorded there) and then bounds-checked as guest memory.
+#[derive(Debug)]
+pub struct RemappedMemory<'a> {
+    mem: &'a GuestMemory,
+    iommu: &'a DeviceHandle,
+}
+
+impl vm_memory::GuestMemory for RemappedMemory<'_> {
+    type PhysicalMemory = GuestMemory;
+    type Bitmap = ();
+
+    fn check_range(&self, addr: GuestAddress, count: usize, access: Permissions) -> bool {
+        self.get_slices(addr, count, access)
+            .is_ok_and(|mut slices| slices.all(|s| s.is_ok()))
+    }
+
+    fn get_slices<'a>(
+        &'a self,
+        addr: GuestAddress,
+        count: usize,
+        access: Permissions,
+    ) -> vm_memory::guest_memory::Result<impl GuestMemorySliceIterator<'a, ()>> {
+        Ok(RemappedSlices {
+            mem: self.mem,
+            iommu: self.iommu,
+            addr: addr.0,
+            left: count,
+            access: Access::from(access),
+        })
+    }
+}
+
+/// The slices of one remapped range, one per leaf (or guest-memory region) it crosses.
+struct RemappedSlices<'a> {
+    mem: &'a GuestMemory,
+    iommu: &'a DeviceHandle,
+    addr: u64,
+    left: usize,
+    access: Access,
+}
+
+impl<'a> Iterator for RemappedSlices<'a> {
+    type Item = vm_memory::guest_memory::Result<VolatileSlice<'a, ()>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        let slice = self
+            .iommu
+            .translate_one(self.addr, self.access)
+            .map_err(|fault| {
+                GuestMemoryError::IommuError(vm_memory::iommu::Error::CannotResolve {
+                    iova_range: vm_memory::iommu::IovaRange {
+                        base: GuestAddress(self.addr),
+                        length: self.left,
+                    },
+                    reason: fault.to_string(),
+                })
+            })
+            .and_then(|(gpa, avail)| {
+                let n = self.left.min(usize::try_from(avail).unwrap_or(usize::MAX));
+                self.mem.get_slice(GuestAddress(gpa), n)
+            });
+        match slice {
+            // translate_one promises at least one byte; never spin on an empty slice.
+            Ok(s) if s.is_empty() => {
+                self.left = 0;
+                Some(Err(GuestMemoryError::InvalidGuestAddress(GuestAddress(
+                    self.addr,
+                ))))
+            }
+            Ok(s) => {
+                self.addr = self.addr.wrapping_add(s.len() as u64);
+                self.left -= s.len();
+                Some(Ok(s))
+            }
+            Err(e) => {
+                // No items after an error.
+                self.left = 0;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+impl FusedIterator for RemappedSlices<'_> {}
+impl<'a> GuestMemorySliceIterator<'a, ()> for RemappedSlices<'a> {}
 
 #[cfg(test)]
 mod tests {

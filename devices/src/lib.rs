@@ -1,7 +1,7 @@
 //! Device models of the virtual machine: the port-I/O and MMIO buses, and the devices on them.
 //!
 //! Nothing here talks to KVM. Interrupts leave devices through trigger handles, [`InterruptLine`]s
-//! and MSI senders, and a request from the guest to stop the VM (power off, reset, a test verdict)
+//! MSI vectors, and a request from the guest to stop the VM (power off, reset, a test verdict)
 //! goes to an [`ExitSink`]; the VMM implements them all.
 
 #![cfg_attr(test, allow(clippy::indexing_slicing))]
@@ -11,6 +11,7 @@ pub mod dma;
 pub mod edu;
 pub mod legacy;
 pub mod pci;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};
 
@@ -36,4 +37,25 @@ pub trait ExitSink: Send + Sync {
 pub trait InterruptLine: Send + Sync {
     /// Asserts (true) or deasserts (false) the line.
     fn set_level(&self, asserted: bool);
+}
+
+/// A device's MSI vectors as the VMM delivers them (with KVM: a GSI route and an irqfd per
+/// vector). Masking and pending bits are the device's business; this only routes and sends.
+pub trait MsiVectors: Send + Sync {
+    /// Vector `vector` now sends `msg`.
+    fn set_route(&self, vector: u16, msg: iommu::MsiMessage);
+
+    /// Sends vector `vector` with its current route.
+    fn trigger(&self, vector: u16);
+}
+
+/// Doorbells the VMM can serve without a vCPU exit (with KVM: ioeventfds). A device registers an
+/// event for an MMIO address, so a guest write there signals the event, and unregisters it when
+/// its BAR moves.
+pub trait IoEvents: Send + Sync {
+    /// Guest writes (of any size) to `addr` signal `event` from now on.
+    fn register(&self, addr: u64, event: &vmm_sys_util::eventfd::EventFd);
+
+    /// Undoes [`IoEvents::register`].
+    fn unregister(&self, addr: u64, event: &vmm_sys_util::eventfd::EventFd);
 }

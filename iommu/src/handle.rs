@@ -114,10 +114,12 @@ fn resolve(hit: Hit, iova: u64) -> (u64, u64) {
     (hit.gpa_base + offset, (1u64 << hit.shift) - offset)
 }
 
-fn access_of(p: Permissions) -> Access {
-    Access {
-        read: matches!(p, Permissions::Read | Permissions::ReadWrite),
-        write: matches!(p, Permissions::Write | Permissions::ReadWrite),
+impl From<Permissions> for Access {
+    fn from(p: Permissions) -> Self {
+        Access {
+            read: matches!(p, Permissions::Read | Permissions::ReadWrite),
+            write: matches!(p, Permissions::Write | Permissions::ReadWrite),
+        }
     }
 }
 
@@ -313,7 +315,7 @@ impl Iommu for DeviceHandle {
             &mut local,
             start & !0xfff,
             end,
-            access_of(access),
+            Access::from(access),
             generation,
         )?;
         Iotlb::lookup(LocalGuard::Write(local), iova, length, access)

@@ -26,6 +26,9 @@ pub trait PciDevice: Send {
 
     /// A guest write to BAR `bar` at `offset`.
     fn bar_write(&mut self, _bar: usize, _offset: u64, _data: &[u8]) {}
+
+    /// BAR `bar` now decodes at `addr` (None: it stopped decoding), after the buses changed.
+    fn bar_moved(&mut self, _bar: usize, _addr: Option<u64>) {}
 }
 
 /// Device, function and bus number packed as a requester id: bus << 8 | device << 3 | function.

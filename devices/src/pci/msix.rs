@@ -37,15 +37,27 @@ impl Default for Entry {
     }
 }
 
-/// The MSI-X state of one function.
+/// The MSI-X state of one function. The capability's control word lives in configuration space;
+/// this keeps a copy (refreshed by [`Msix::control_written`]) so that a device's worker can signal
+/// a vector without the configuration space at hand.
 #[derive(Clone, Debug)]
 pub struct Msix {
     cap: usize,
+    control: u16,
     table: Vec<Entry>,
     pending: Vec<bool>,
     /// Where the table and PBA lie in their BAR.
     table_offset: u64,
     pba_offset: u64,
+}
+
+/// What a guest write to the vector table changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableWrite {
+    /// The vector whose message (address or data) changed: its route needs updating.
+    pub rerouted: Option<u16>,
+    /// The vector an unmask released: it was pending and must be sent now.
+    pub released: Option<u16>,
 }
 
 impl Msix {
@@ -71,6 +83,7 @@ impl Msix {
         let cap = config.add_capability(MSIX_CAP_ID, &body, &writable);
         Self {
             cap,
+            control: 0,
             table: vec![Entry::default(); usize::from(vectors)],
             pending: vec![false; usize::from(vectors)],
             table_offset: u64::from(table_offset & !7),
@@ -78,65 +91,71 @@ impl Msix {
         }
     }
 
-    fn control(&self, config: &ConfigSpace) -> u16 {
-        config.u16_at(self.cap + 2)
+    /// The number of vectors.
+    pub fn vectors(&self) -> u16 {
+        self.table.len() as u16
     }
 
     /// Whether the guest enabled MSI-X (the device then must not use INTx).
-    pub fn enabled(&self, config: &ConfigSpace) -> bool {
-        self.control(config) & CONTROL_ENABLE != 0
+    pub fn enabled(&self) -> bool {
+        self.control & CONTROL_ENABLE != 0
     }
 
-    fn message(&self, vector: usize) -> Option<MsiMessage> {
-        let e = self.table.get(vector)?;
+    /// The message vector `vector` sends.
+    pub fn message(&self, vector: u16) -> Option<MsiMessage> {
+        let e = self.table.get(usize::from(vector))?;
         Some(MsiMessage {
             address: u64::from(e.addr_lo) | (u64::from(e.addr_hi) << 32),
             data: e.data,
         })
     }
 
-    fn masked(&self, config: &ConfigSpace, vector: usize) -> bool {
-        self.control(config) & CONTROL_FUNCTION_MASK != 0
+    fn masked(&self, vector: usize) -> bool {
+        self.control & CONTROL_FUNCTION_MASK != 0
             || self
                 .table
                 .get(vector)
                 .is_none_or(|e| e.control & VECTOR_MASKED != 0)
     }
 
-    /// Signals `vector`: the message to send, or None when MSI-X is off, the vector does not
-    /// exist, or it is masked (then its pending bit is set).
-    pub fn trigger(&mut self, config: &ConfigSpace, vector: u16) -> Option<MsiMessage> {
+    /// Signals `vector`: true when it is to be sent now; false when MSI-X is off, the vector does
+    /// not exist, or it is masked (then its pending bit is set).
+    pub fn trigger(&mut self, vector: u16) -> bool {
         let v = usize::from(vector);
-        if !self.enabled(config) || v >= self.table.len() {
-            return None;
+        if !self.enabled() || v >= self.table.len() {
+            return false;
         }
-        if self.masked(config, v) {
+        if self.masked(v) {
             if let Some(p) = self.pending.get_mut(v) {
                 *p = true;
             }
-            return None;
+            return false;
         }
-        self.message(v)
+        true
     }
 
-    /// After a configuration write or a table write: the pending vectors that are now unmasked,
-    /// cleared and returned for sending.
-    pub fn unmasked_pending(&mut self, config: &ConfigSpace) -> Vec<MsiMessage> {
-        if !self.enabled(config) {
+    /// After a configuration write: refreshes the control word and returns the pending vectors
+    /// that are now unmasked, cleared, for sending.
+    pub fn control_written(&mut self, config: &ConfigSpace) -> Vec<u16> {
+        self.control = config.u16_at(self.cap + 2);
+        if !self.enabled() || self.control & CONTROL_FUNCTION_MASK != 0 {
             return Vec::new();
         }
-        let ready: Vec<usize> = (0..self.table.len())
-            .filter(|&v| self.pending.get(v) == Some(&true) && !self.masked(config, v))
-            .collect();
-        ready
-            .into_iter()
-            .filter_map(|v| {
-                if let Some(p) = self.pending.get_mut(v) {
-                    *p = false;
-                }
-                self.message(v)
-            })
+        (0..self.table.len())
+            .filter(|&v| self.release(v))
+            .map(|v| v as u16)
             .collect()
+    }
+
+    /// Clears and reports vector `v`'s pending bit if it may be sent now.
+    fn release(&mut self, v: usize) -> bool {
+        if self.pending.get(v) != Some(&true) || !self.enabled() || self.masked(v) {
+            return false;
+        }
+        if let Some(p) = self.pending.get_mut(v) {
+            *p = false;
+        }
+        true
     }
 
     /// Whether `offset` in the BAR falls in the table or the PBA.
@@ -187,9 +206,9 @@ impl Msix {
         })
     }
 
-    /// A guest write of the table (the PBA is read-only); returns pending messages an unmask
-    /// released.
-    pub fn write(&mut self, config: &ConfigSpace, offset: u64, data: &[u8]) -> Vec<MsiMessage> {
+    /// A guest write of the table (the PBA is read-only). An aligned 4- or 8-byte write touches
+    /// one entry; other writes are dropped.
+    pub fn write(&mut self, offset: u64, data: &[u8]) -> TableWrite {
         let mut bytes = [0u8; 8];
         for (d, s) in bytes.iter_mut().zip(data) {
             *d = *s;
@@ -198,23 +217,33 @@ impl Msix {
         let dwords: &[(u64, u32)] = &match data.len() {
             4 => [(offset, v as u32), (u64::MAX, 0)],
             8 => [(offset, v as u32), (offset + 4, (v >> 32) as u32)],
-            _ => return Vec::new(),
+            _ => return TableWrite::default(),
         };
+        let mut result = TableWrite::default();
         for &(off, value) in dwords {
             let Some(rel) = off.checked_sub(self.table_offset).filter(|r| r % 4 == 0) else {
                 continue;
             };
-            let Some(e) = self.table.get_mut((rel / ENTRY_SIZE) as usize) else {
+            let index = (rel / ENTRY_SIZE) as usize;
+            let Some(e) = self.table.get_mut(index) else {
                 continue;
             };
+            let before = *e;
             match (rel % ENTRY_SIZE) / 4 {
                 0 => e.addr_lo = value & !3,
                 1 => e.addr_hi = value,
                 2 => e.data = value,
                 _ => e.control = value & VECTOR_MASKED,
             }
+            let e = *e;
+            if (e.addr_lo, e.addr_hi, e.data) != (before.addr_lo, before.addr_hi, before.data) {
+                result.rerouted = Some(index as u16);
+            }
+            if self.release(index) {
+                result.released = Some(index as u16);
+            }
         }
-        self.unmasked_pending(config)
+        result
     }
 }
 
@@ -228,21 +257,17 @@ mod tests {
         (c, m)
     }
 
-    fn control(c: &mut ConfigSpace, m: &Msix, v: u16) {
+    fn control(c: &mut ConfigSpace, m: &mut Msix, v: u16) -> Vec<u16> {
         c.write(m.cap + 2, &v.to_le_bytes());
+        m.control_written(c)
     }
 
-    fn program(
-        c: &ConfigSpace,
-        m: &mut Msix,
-        vector: u64,
-        data: u32,
-        masked: bool,
-    ) -> Vec<MsiMessage> {
+    fn program(m: &mut Msix, vector: u64, data: u32, masked: bool) -> TableWrite {
         let at = vector * ENTRY_SIZE;
-        m.write(c, at, &0xfee0_0000u32.to_le_bytes());
-        m.write(c, at + 8, &data.to_le_bytes());
-        m.write(c, at + 12, &u32::from(masked).to_le_bytes())
+        m.write(at, &0xfee0_0000u32.to_le_bytes());
+        let w = m.write(at + 8, &data.to_le_bytes());
+        assert_eq!(w.rerouted, Some(vector as u16));
+        m.write(at + 12, &u32::from(masked).to_le_bytes())
     }
 
     #[test]
@@ -266,46 +291,55 @@ mod tests {
     #[test]
     fn masked_vectors_pend_and_fire_on_unmask() {
         let (mut c, mut m) = setup();
-        assert_eq!(m.trigger(&c, 0), None, "MSI-X off");
-        control(&mut c, &m, CONTROL_ENABLE);
-        assert!(program(&c, &mut m, 1, 0x41, false).is_empty());
+        assert!(!m.trigger(0), "MSI-X off");
+        control(&mut c, &mut m, CONTROL_ENABLE);
+        assert_eq!(program(&mut m, 1, 0x41, false), TableWrite::default());
         let msg = MsiMessage {
             address: 0xfee0_0000,
             data: 0x41,
         };
-        assert_eq!(m.trigger(&c, 1), Some(msg));
+        assert!(m.trigger(1));
+        assert_eq!(m.message(1), Some(msg));
         // Vector 2 masked: pending bit, then delivered on unmask.
-        program(&c, &mut m, 2, 0x42, true);
-        assert_eq!(m.trigger(&c, 2), None);
+        program(&mut m, 2, 0x42, true);
+        assert!(!m.trigger(2));
         let mut pba = [0u8; 8];
         m.read(0x800, &mut pba);
         assert_eq!(u64::from_le_bytes(pba), 0b100);
+        let w = m.write(2 * ENTRY_SIZE + 12, &0u32.to_le_bytes());
         assert_eq!(
-            m.write(&c, 2 * ENTRY_SIZE + 12, &0u32.to_le_bytes()),
-            vec![MsiMessage {
-                address: 0xfee0_0000,
-                data: 0x42
-            }]
+            w,
+            TableWrite {
+                rerouted: None,
+                released: Some(2)
+            }
         );
         m.read(0x800, &mut pba);
         assert_eq!(u64::from_le_bytes(pba), 0);
         // Function mask holds everything back; clearing it releases.
-        control(&mut c, &m, CONTROL_ENABLE | CONTROL_FUNCTION_MASK);
-        assert_eq!(m.trigger(&c, 1), None);
-        control(&mut c, &m, CONTROL_ENABLE);
-        assert_eq!(m.unmasked_pending(&c), vec![msg]);
-        assert_eq!(m.trigger(&c, 9), None, "no such vector");
+        assert!(control(&mut c, &mut m, CONTROL_ENABLE | CONTROL_FUNCTION_MASK).is_empty());
+        assert!(!m.trigger(1));
+        assert_eq!(control(&mut c, &mut m, CONTROL_ENABLE), vec![1]);
+        assert!(
+            control(&mut c, &mut m, CONTROL_ENABLE).is_empty(),
+            "sent once"
+        );
+        assert!(!m.trigger(9), "no such vector");
+        // Disabled: nothing is sent or kept pending.
+        control(&mut c, &mut m, 0);
+        assert!(!m.trigger(1));
+        assert!(control(&mut c, &mut m, CONTROL_ENABLE).is_empty());
     }
 
     #[test]
     fn odd_accesses_are_harmless() {
-        let (c, mut m) = setup();
+        let (_c, mut m) = setup();
         let mut b = [0u8; 2];
         m.read(0, &mut b);
         assert_eq!(b, [0xff; 2]);
-        m.write(&c, 2, &[1, 2, 3, 4]);
-        m.write(&c, 0x10_0000, &[1, 2, 3, 4]);
-        m.write(&c, 0, &[1]);
+        assert_eq!(m.write(2, &[1, 2, 3, 4]), TableWrite::default());
+        assert_eq!(m.write(0x10_0000, &[1, 2, 3, 4]), TableWrite::default());
+        assert_eq!(m.write(0, &[1]), TableWrite::default());
         let mut q = [0u8; 8];
         m.read(0x808, &mut q);
         assert_eq!(q, [0xff; 8], "beyond the PBA");

@@ -254,6 +254,10 @@ impl PciRoot {
                     Err(e) => log::debug!("PCI 00:{index:02x}.0 BAR{bar} not mapped: {e}"),
                 }
             }
+            slot.device
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .bar_moved(bar, now.map(|(_, addr, _)| addr));
         }
         freed
     }
