@@ -394,6 +394,15 @@ fn bad_input_gets_a_one_line_error() {
             vec!["--kernel", &bz, "--cmdline", &long_cmdline],
             "this kernel accepts at most 2047",
         ),
+        (
+            vec!["--kernel", &pvh, "--disk", "path=/nonexistent/disk.img"],
+            "cannot open disk '/nonexistent/disk.img'",
+        ),
+        (
+            vec!["--kernel", &pvh, "--disk", "path=x,readonly=maybe"],
+            "readonly=maybe: expected on or off",
+        ),
+        (vec!["--kernel", &pvh, "--disk", "x.img"], "--disk"),
     ];
     for (args, needle) in cases {
         let run = vmm(&args);

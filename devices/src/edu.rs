@@ -5,12 +5,12 @@
 
 use std::sync::Arc;
 
-use iommu::{MsiMessage, MsiSender};
+use iommu::MsiMessage;
 
-use crate::InterruptLine;
 use crate::dma::DmaHandle;
 use crate::pci::config::{command, offset};
 use crate::pci::{BarKind, ConfigSpace, PciDevice};
+use crate::{InterruptLine, MsiVectors};
 
 /// Register offsets in BAR0.
 mod reg {
@@ -53,7 +53,9 @@ pub struct Edu {
     config: ConfigSpace,
     msi_cap: usize,
     dma: DmaHandle,
-    msi: Arc<dyn MsiSender>,
+    msi: Arc<dyn MsiVectors>,
+    /// The message last routed to the MSI vector.
+    routed: Option<MsiMessage>,
     intx: Arc<dyn InterruptLine>,
     intx_asserted: bool,
     liveness: u32,
@@ -76,8 +78,9 @@ impl std::fmt::Debug for Edu {
 }
 
 impl Edu {
-    /// An edu device doing its DMA through `dma`, signalling through `msi` or `intx`.
-    pub fn new(dma: DmaHandle, msi: Arc<dyn MsiSender>, intx: Arc<dyn InterruptLine>) -> Self {
+    /// An edu device doing its DMA through `dma`, signalling through its one MSI vector (`msi`)
+    /// or `intx`.
+    pub fn new(dma: DmaHandle, msi: Arc<dyn MsiVectors>, intx: Arc<dyn InterruptLine>) -> Self {
         let mut config = ConfigSpace::new(0x1234, 0x11e8, 0x00_ff00, 0x10);
         config.set_u8(offset::INTERRUPT_PIN, 1);
         config.add_bar(0, BarKind::Memory32, 1 << 20);
@@ -93,6 +96,7 @@ impl Edu {
             msi_cap,
             dma,
             msi,
+            routed: None,
             intx,
             intx_asserted: false,
             liveness: 0,
@@ -135,7 +139,7 @@ impl Edu {
         self.irq_status |= bits;
         match self.msi_message() {
             // MSI is edge-triggered: one message per raise.
-            Some(msg) if bits != 0 => self.msi.send(msg),
+            Some(_) if bits != 0 => self.msi.trigger(0),
             _ => self.update_intx(),
         }
     }
@@ -248,7 +252,14 @@ impl PciDevice for Edu {
     }
 
     fn config_written(&mut self) {
-        // MSI enable and INTx disable change where the interrupt goes.
+        // The MSI message goes to the vector's route when the guest changes it; MSI enable and
+        // INTx disable change where the interrupt goes.
+        if let Some(msg) = self.msi_message()
+            && self.routed != Some(msg)
+        {
+            self.msi.set_route(0, msg);
+            self.routed = Some(msg);
+        }
         self.update_intx();
     }
 
@@ -304,11 +315,16 @@ mod tests {
 
     use crate::dma::GuestMemory;
 
+    /// Routes set and vectors triggered.
     #[derive(Default)]
-    struct Msis(Mutex<Vec<MsiMessage>>);
-    impl MsiSender for Msis {
-        fn send(&self, msg: MsiMessage) {
+    struct Msis(Mutex<Vec<MsiMessage>>, Mutex<Vec<u16>>);
+    impl MsiVectors for Msis {
+        fn set_route(&self, vector: u16, msg: MsiMessage) {
+            assert_eq!(vector, 0);
             self.0.lock().unwrap().push(msg);
+        }
+        fn trigger(&self, vector: u16) {
+            self.1.lock().unwrap().push(vector);
         }
     }
 
@@ -416,14 +432,17 @@ mod tests {
         e.config().write(cap + 12, &0x45u16.to_le_bytes());
         e.config().write(cap + 2, &MSI_ENABLE.to_le_bytes());
         e.config_written();
+        e.config_written();
         dma(&mut e, 0, BUFFER_BASE, 8, DMA_IRQ);
         assert_eq!(
             *msis.0.lock().unwrap(),
             vec![MsiMessage {
                 address: 0xfee0_0000,
                 data: 0x45
-            }]
+            }],
+            "routed once"
         );
+        assert_eq!(*msis.1.lock().unwrap(), vec![0], "one MSI per raise");
         assert!(!line.0.load(Ordering::SeqCst), "INTx stays low with MSI on");
         assert_eq!(r32(&mut e, reg::IRQ_STATUS), IRQ_DMA);
     }
@@ -432,7 +451,7 @@ mod tests {
     fn remapped_dma_to_an_unmapped_iova_faults_and_leaves_memory_untouched() {
         let mem = memory();
         struct NoMsi;
-        impl MsiSender for NoMsi {
+        impl iommu::MsiSender for NoMsi {
             fn send(&self, _: MsiMessage) {}
         }
         let unit =

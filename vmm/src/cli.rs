@@ -53,6 +53,12 @@ pub struct Cli {
     #[arg(long = "device", value_name = "DEVICE", value_parser = parse_device)]
     pub devices: Vec<DeviceKind>,
 
+    /// Attach a virtio-blk disk backed by a raw image file; repeatable. `readonly=on` opens the
+    /// file read-only and offers the disk to the guest as read-only. The capacity is the file's
+    /// size in 512-byte sectors; the disk's serial (GET_ID) is the file name's first 20 bytes.
+    #[arg(long = "disk", value_name = "path=FILE[,readonly=on]", value_parser = parse_disk)]
+    pub disks: Vec<DiskConfig>,
+
     /// Stop the guest after this many seconds and exit with status 124.
     #[arg(long, value_name = "SECONDS")]
     pub timeout: Option<f64>,
@@ -70,6 +76,31 @@ fn parse_device(s: &str) -> Result<DeviceKind, String> {
         "edu" => Ok(DeviceKind::Edu),
         _ => Err("expected edu".into()),
     }
+}
+
+/// A disk as the command line describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// The raw image.
+    pub path: PathBuf,
+    /// Read-only for the guest (and opened read-only).
+    pub readonly: bool,
+}
+
+fn parse_disk(s: &str) -> Result<DiskConfig, String> {
+    let mut path = None;
+    let mut readonly = false;
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("path", p)) if !p.is_empty() => path = Some(PathBuf::from(p)),
+            Some(("readonly", "on")) => readonly = true,
+            Some(("readonly", "off")) => readonly = false,
+            Some(("readonly", v)) => return Err(format!("readonly={v}: expected on or off")),
+            _ => return Err(format!("'{part}': expected path=FILE or readonly=on|off")),
+        }
+    }
+    let path = path.ok_or("missing path=FILE")?;
+    Ok(DiskConfig { path, readonly })
 }
 
 /// Destination of the guest's serial output.
@@ -171,6 +202,39 @@ mod tests {
                 .unwrap();
         assert_eq!(two.devices, vec![DeviceKind::Edu, DeviceKind::Edu]);
         assert!(Cli::try_parse_from(["vmm", "--kernel", "k", "--device", "gpu"]).is_err());
+        let disks = Cli::try_parse_from([
+            "vmm",
+            "--kernel",
+            "k",
+            "--disk",
+            "path=a.img",
+            "--disk",
+            "readonly=on,path=/b",
+        ])
+        .unwrap()
+        .disks;
+        assert_eq!(
+            disks,
+            vec![
+                DiskConfig {
+                    path: "a.img".into(),
+                    readonly: false
+                },
+                DiskConfig {
+                    path: "/b".into(),
+                    readonly: true
+                }
+            ]
+        );
+        for bad in [
+            "a.img",
+            "path=",
+            "path=x,readonly=yes",
+            "path=x,cache=none",
+            "",
+        ] {
+            assert!(parse_disk(bad).is_err(), "{bad}");
+        }
         let neg = Cli::try_parse_from(["vmm", "--kernel", "k", "--timeout=-1"]).unwrap();
         assert!(neg.timeout().is_err());
     }

@@ -22,7 +22,10 @@ fn report(line: &str) {
 }
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("warn,virtio_queue=off"),
+    )
+    .init();
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
@@ -57,6 +60,7 @@ fn main() {
         memory: cli.memory,
         serial: cli.serial,
         devices: cli.devices,
+        disks: cli.disks,
         timeout,
     };
     let outcome = match vm::run(&config) {

@@ -17,21 +17,23 @@ use devices::legacy::{
     I8042_DATA_PORT, IrqTrigger, RxDrained, Serial, system_clock,
 };
 use devices::pci::{ConfigAddressPort, EcamWindow, PciRoot, SharedPciDevice};
+use devices::virtio::VirtioDevice;
+use devices::virtio::block::Block;
+use devices::virtio::pci::VirtioPci;
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{
     KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
-    KVM_PIT_SPEAKER_DUMMY, KvmIrqRouting, kvm_irq_routing_entry,
-    kvm_irq_routing_entry__bindgen_ty_1, kvm_irq_routing_irqchip, kvm_pit_config,
-    kvm_userspace_memory_region,
+    KVM_PIT_SPEAKER_DUMMY, kvm_irq_routing_entry, kvm_irq_routing_entry__bindgen_ty_1,
+    kvm_irq_routing_irqchip, kvm_pit_config, kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
-use crate::cli::{DeviceKind, SerialOutput};
+use crate::cli::{DeviceKind, DiskConfig, SerialOutput};
 use crate::console::{ExitWatcher, RawTerminal, StdinInput, serial_output};
-use crate::interrupts::{KvmIrqLine, KvmMsi};
+use crate::interrupts::{GsiRouter, KvmIoEvents, KvmIrqLine, KvmMsiVectors};
 use crate::outcome::{ExitLatch, Outcome};
 use crate::signals::SignalWatcher;
 use crate::vcpu;
@@ -53,6 +55,8 @@ pub struct VmConfig {
     pub serial: SerialOutput,
     /// PCI devices to attach.
     pub devices: Vec<DeviceKind>,
+    /// virtio-blk disks to attach.
+    pub disks: Vec<DiskConfig>,
     /// Wall-clock limit.
     pub timeout: Option<Duration>,
 }
@@ -120,6 +124,17 @@ pub enum Error {
     /// A PCI device could not be attached.
     #[error("cannot attach a PCI device: {0}")]
     Pci(#[from] devices::pci::PciError),
+    /// A disk image could not be used.
+    #[error("disk '{path}': {source}")]
+    Disk {
+        /// Its path.
+        path: PathBuf,
+        /// Why.
+        source: devices::virtio::block::BlockError,
+    },
+    /// A device's interrupts could not be wired.
+    #[error("cannot wire a device's interrupts: {0}")]
+    Interrupts(String),
     /// A device could not be placed on a bus.
     #[error("cannot register a device: {0}")]
     Bus(#[from] devices::BusError),
@@ -160,6 +175,8 @@ const PCI_CONFIG_PORT: u64 = 0xcf8;
 const PCI_IO_WINDOW: (u64, u64) = (0xc000, 0x4000);
 /// PCI INTx lines use IOAPIC pins 16 to 23, as on a PC.
 const FIRST_PCI_GSI: u32 = 16;
+/// MSI and MSI-X vectors get GSIs above the IOAPIC's.
+const FIRST_MSI_GSI: u32 = 24;
 
 /// COM1's port range and ISA IRQ.
 const COM1_PORT: u64 = 0x3f8;
@@ -197,7 +214,7 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
 
     let mem = Arc::new(mem);
     let vm = Arc::new(kvm.create_vm().map_err(kvm_err("create the VM"))?);
-    set_up_platform(&vm, &mem)?;
+    let router = set_up_platform(&vm, &mem)?;
 
     let tables = arch::acpi::Tables::build(usize::from(config.cpus), &layout, &[])?;
     let rsdp = tables.write(&mem)?;
@@ -210,7 +227,11 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
     let pio = Arc::new(Bus::new());
     let mmio = Arc::new(Bus::new());
     let (serial, rx_drained) = add_legacy_devices(&vm, &pio, &latch, &config.serial)?;
-    add_pci(&vm, &mem, &pio, &mmio, &config.devices)?;
+    let disks = std::mem::take(&mut files.disks)
+        .into_iter()
+        .zip(&config.disks)
+        .collect();
+    let workers = add_pci(&vm, &router, &mem, (&pio, &mmio), &config.devices, disks)?;
 
     let supported = kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
@@ -268,6 +289,7 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
         &latch,
         wake,
         (serial, rx_drained),
+        workers,
         &config.serial,
         config.timeout,
     );
@@ -286,8 +308,9 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
     Ok(outcome)
 }
 
-/// Memory slots, the in-kernel LAPIC/IOAPIC/PIC and PIT, and PC interrupt routing.
-fn set_up_platform(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), Error> {
+/// Memory slots, the in-kernel LAPIC/IOAPIC/PIC and PIT, and PC interrupt routing (the router
+/// that MSI routes join later).
+fn set_up_platform(vm: &Arc<VmFd>, mem: &GuestMemoryMmap) -> Result<Arc<GsiRouter>, Error> {
     for (slot, region) in mem.iter().enumerate() {
         let region = kvm_userspace_memory_region {
             slot: slot as u32,
@@ -311,13 +334,14 @@ fn set_up_platform(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), Error> {
         ..Default::default()
     })
     .map_err(kvm_err("create the in-kernel PIT"))?;
-    vm.set_gsi_routing(&pc_irq_routing())
-        .map_err(kvm_err("set interrupt routing"))
+    let router = Arc::new(GsiRouter::new(vm.clone(), pc_irq_routing(), FIRST_MSI_GSI));
+    router.apply().map_err(kvm_err("set interrupt routing"))?;
+    Ok(router)
 }
 
 /// GSIs 0-15 to the two 8259s and 0-23 to the IOAPIC pins, except that GSI 0 (the PIT) goes to IOAPIC
 /// pin 2, as the MADT's interrupt source override tells the guest.
-fn pc_irq_routing() -> KvmIrqRouting {
+fn pc_irq_routing() -> Vec<kvm_irq_routing_entry> {
     let route = |gsi: u32, irqchip: u32, pin: u32| kvm_irq_routing_entry {
         gsi,
         type_: KVM_IRQ_ROUTING_IRQCHIP,
@@ -344,14 +368,15 @@ fn pc_irq_routing() -> KvmIrqRouting {
             if gsi == 0 { 2 } else { gsi },
         ));
     }
-    // 38 entries: far below KVM_MAX_IRQ_ROUTES, so from_entries cannot fail.
-    KvmIrqRouting::from_entries(&entries).unwrap_or_else(|_| unreachable!("38 routes fit"))
+    entries
 }
 
 /// The kernel and initramfs, opened, with the kernel's format checked.
 struct BootFiles {
     kernel: File,
     initramfs: Option<File>,
+    /// The disks, opened read-write unless read-only.
+    disks: Vec<File>,
 }
 
 fn open_boot_files(config: &VmConfig) -> Result<BootFiles, Error> {
@@ -372,7 +397,26 @@ fn open_boot_files(config: &VmConfig) -> Result<BootFiles, Error> {
         .as_deref()
         .map(|p| open("initramfs", p))
         .transpose()?;
-    Ok(BootFiles { kernel, initramfs })
+    let disks = config
+        .disks
+        .iter()
+        .map(|d| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(!d.readonly)
+                .open(&d.path)
+                .map_err(|source| Error::Open {
+                    what: "disk",
+                    path: d.path.clone(),
+                    source,
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(BootFiles {
+        kernel,
+        initramfs,
+        disks,
+    })
 }
 
 fn load_kernel(
@@ -449,36 +493,74 @@ fn add_legacy_devices(
     Ok((serial, drained))
 }
 
-/// The PCI root complex: the host bridge, the devices the command line asks for (BARs placed in
-/// the 32-bit window, INTx on IOAPIC pins from 16, each with its DMA handle), configuration
-/// mechanism #1 at 0xcf8 and the ECAM window that the MCFG table describes.
+/// What serves devices' queues on the event loop.
+type Worker = Box<dyn MutEventSubscriber + Send>;
+
+/// The PCI root complex: the host bridge, the devices the command line asks for (edu devices, then
+/// disks; BARs placed in the 32-bit window, INTx on IOAPIC pins from 16, MSI/MSI-X vectors as GSI
+/// routes with irqfds, each device with its DMA handle), configuration mechanism #1 at 0xcf8 and
+/// the ECAM window that the MCFG table describes. Returns the devices' workers.
 fn add_pci(
     vm: &Arc<VmFd>,
+    router: &Arc<GsiRouter>,
     mem: &Arc<GuestMemoryMmap>,
-    pio: &Arc<Bus>,
-    mmio: &Arc<Bus>,
+    (pio, mmio): (&Arc<Bus>, &Arc<Bus>),
     kinds: &[DeviceKind],
-) -> Result<(), Error> {
+    disks: Vec<(File, &DiskConfig)>,
+) -> Result<Vec<Worker>, Error> {
     let mmio_window = (
         layout::PCI_MMIO32_START,
         layout::ECAM_BASE - layout::PCI_MMIO32_START,
     );
     let mut root = PciRoot::new(mmio.clone(), pio.clone(), mmio_window, PCI_IO_WINDOW);
-    let msi: Arc<dyn iommu::MsiSender> = Arc::new(KvmMsi { vm: vm.clone() });
+    let io_events: Arc<dyn devices::IoEvents> = Arc::new(KvmIoEvents { vm: vm.clone() });
     // One count per IOAPIC pin: devices sharing a pin keep it asserted while any of them does.
     let pins: Vec<Arc<Mutex<u32>>> = (0..8).map(|_| Arc::default()).collect();
-    for (i, kind) in kinds.iter().enumerate() {
+    let intx = |i: usize| {
         let gsi = FIRST_PCI_GSI + (i as u32 % 8);
         let pin = pins.get(i % 8).cloned().unwrap_or_default();
-        let intx = Arc::new(KvmIrqLine::new(vm.clone(), gsi, pin));
+        (gsi, Arc::new(KvmIrqLine::new(vm.clone(), gsi, pin)))
+    };
+    let vectors = |count: u16| -> Result<Arc<KvmMsiVectors>, Error> {
+        Ok(Arc::new(
+            KvmMsiVectors::new(vm, router.clone(), count).map_err(Error::Interrupts)?,
+        ))
+    };
+    let mut workers: Vec<Worker> = Vec::new();
+    for (i, kind) in kinds.iter().enumerate() {
+        let (gsi, line) = intx(i);
         let device: SharedPciDevice = match kind {
             DeviceKind::Edu => Arc::new(Mutex::new(Edu::new(
                 DmaHandle::Direct(mem.clone()),
-                msi.clone(),
-                intx,
+                vectors(1)?,
+                line,
             ))),
         };
         root.add(device, Some(gsi as u8))?;
+    }
+    for (i, (file, disk)) in disks.into_iter().enumerate() {
+        let (gsi, line) = intx(kinds.len() + i);
+        let id = disk
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let block = Block::new(file, disk.readonly, &id).map_err(|source| Error::Disk {
+            path: disk.path.clone(),
+            source,
+        })?;
+        // One vector for configuration changes and one per queue.
+        let count = block.queue_max_sizes().len() as u16 + 1;
+        let (device, worker) = VirtioPci::new(
+            block,
+            DmaHandle::Direct(mem.clone()),
+            vectors(count)?,
+            line,
+            io_events.clone(),
+        )
+        .map_err(host_err("create a virtio device"))?;
+        root.add(Arc::new(Mutex::new(device)), Some(gsi as u8))?;
+        workers.push(Box::new(worker));
     }
     let root = Arc::new(root);
     pio.insert(
@@ -491,7 +573,7 @@ fn add_pci(
         layout::ECAM_SIZE,
         Arc::new(Mutex::new(EcamWindow::new(root))),
     )?;
-    Ok(())
+    Ok(workers)
 }
 
 /// Runs the event loop (console input, terminating signals, the exit event) until the VM's outcome
@@ -500,6 +582,7 @@ fn wait_for_end(
     latch: &Arc<ExitLatch>,
     wake: EventFd,
     (serial, rx_drained): (Arc<Mutex<Serial>>, EventFd),
+    workers: Vec<Worker>,
     serial_out: &SerialOutput,
     timeout: Option<Duration>,
 ) -> Outcome {
@@ -510,6 +593,9 @@ fn wait_for_end(
         Err(e) => return Outcome::Error(format!("cannot create the event loop: {e:?}")),
     };
     events.add_subscriber(Box::new(ExitWatcher::new(wake)));
+    for worker in workers {
+        events.add_subscriber(worker);
+    }
     match SignalWatcher::install(latch.clone()) {
         Ok(watcher) => {
             events.add_subscriber(Box::new(watcher));
@@ -599,7 +685,7 @@ mod tests {
     fn irq_routing_matches_the_madt_override() {
         let routing = pc_irq_routing();
         let ioapic_pin = |gsi: u32| {
-            routing.as_slice().iter().find_map(|e| {
+            routing.iter().find_map(|e| {
                 // SAFETY: every entry built by pc_irq_routing is of type IRQCHIP.
                 let chip = unsafe { e.u.irqchip };
                 (e.gsi == gsi && chip.irqchip == KVM_IRQCHIP_IOAPIC).then_some(chip.pin)
