@@ -7,7 +7,7 @@
 use acpi_tables::Aml;
 use acpi_tables::aml::{
     AddressSpace as ResourceAddressSpace, AddressSpaceCacheable, Device, EISAName, IO, Interrupt,
-    Name, Package, Path, ResourceTemplate,
+    Name, Package, PackageBuilder, Path, ResourceTemplate,
 };
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
@@ -176,7 +176,18 @@ fn dsdt(layout: &MemoryLayout) -> Vec<u8> {
         &mmio32,
         &mmio64,
     ]);
+    // INTx routing (ACPI 6.5, 6.2.13): every slot's four pins to their IOAPIC pins (GSIs).
+    let mut prt = PackageBuilder::new();
+    for slot in 1u8..32 {
+        for pin in 0u8..4 {
+            let address = (u32::from(slot) << 16) | 0xffff;
+            let gsi = crate::layout::pci_intx_gsi(slot, pin);
+            let entry = Package::new(vec![&address, &pin, &0u8, &gsi]);
+            prt.add_element(&entry);
+        }
+    }
     let pci_names = [
+        Name::new("_PRT".into(), &prt),
         Name::new("_HID".into(), &pci_hid),
         Name::new("_CID".into(), &pci_cid),
         Name::new("_ADR".into(), &0u8),
@@ -437,6 +448,17 @@ mod tests {
                 assert!(!dsl.contains(bad), "iasl reports {bad} in {name}:\n{dsl}");
             }
             assert!(!text.contains("Error"), "iasl -d {name}: {text}");
+            if name == "dsdt" {
+                // Slot 1 INTA -> GSI 16; slot 31 INTD -> GSI 16 + (30 + 3) % 8 = 17.
+                let flat: String = dsl.split_whitespace().collect();
+                assert!(flat.contains("Name(_PRT,Package(0x7C)"), "{dsl}");
+                for entry in [
+                    "Package(0x04){0x0001FFFF,Zero,Zero,0x10}",
+                    "Package(0x04){0x001FFFFF,0x03,Zero,0x11}",
+                ] {
+                    assert!(flat.contains(entry), "no _PRT entry {entry} in:\n{dsl}");
+                }
+            }
         }
         if std::env::var_os("VMM_KEEP_ACPI").is_none() {
             std::fs::remove_dir_all(&dir).unwrap();

@@ -54,6 +54,20 @@ pub const PCI_MMIO64_SIZE: u64 = 64 << 30;
 pub const HIGH_RAM_START: u64 = 0x1_0000_0000;
 /// IOAPIC registers.
 pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
+/// PCI INTx lines use IOAPIC pins 16 to 23, as on a PC.
+pub const PCI_INTX_FIRST_GSI: u32 = 16;
+/// How many IOAPIC pins PCI INTx lines share.
+pub const PCI_INTX_GSIS: u32 = 8;
+
+/// The IOAPIC pin (GSI) of INTx pin `pin` (0: INTA .. 3: INTD) of the device in slot `slot` of
+/// bus 0, as the DSDT's _PRT tells the guest and the VMM wires it: the slots after the host bridge
+/// take the eight pins in turn, and pins B-D are swizzled onward as on a PCI bridge.
+pub fn pci_intx_gsi(slot: u8, pin: u8) -> u32 {
+    let n = u32::from(slot)
+        .wrapping_sub(1)
+        .wrapping_add(u32::from(pin & 3));
+    PCI_INTX_FIRST_GSI + n % PCI_INTX_GSIS
+}
 /// Local APIC registers.
 pub const LAPIC_ADDR: u64 = 0xfee0_0000;
 /// Three pages KVM needs for its real-mode TSS on Intel hosts.

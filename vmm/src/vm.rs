@@ -173,8 +173,6 @@ const REQUIRED_CAPS: [Cap; 7] = [
 const PCI_CONFIG_PORT: u64 = 0xcf8;
 /// I/O BARs go here (base, size): above the legacy ports.
 const PCI_IO_WINDOW: (u64, u64) = (0xc000, 0x4000);
-/// PCI INTx lines use IOAPIC pins 16 to 23, as on a PC.
-const FIRST_PCI_GSI: u32 = 16;
 /// MSI and MSI-X vectors get GSIs above the IOAPIC's.
 const FIRST_MSI_GSI: u32 = 24;
 
@@ -497,7 +495,7 @@ fn add_legacy_devices(
 type Worker = Box<dyn MutEventSubscriber + Send>;
 
 /// The PCI root complex: the host bridge, the devices the command line asks for (edu devices, then
-/// disks; BARs placed in the 32-bit window, INTx on IOAPIC pins from 16, MSI/MSI-X vectors as GSI
+/// disks; BARs placed in the 32-bit window, INTx on the IOAPIC pins the _PRT names, MSI/MSI-X vectors as GSI
 /// routes with irqfds, each device with its DMA handle), configuration mechanism #1 at 0xcf8 and
 /// the ECAM window that the MCFG table describes. Returns the devices' workers.
 fn add_pci(
@@ -515,11 +513,14 @@ fn add_pci(
     let mut root = PciRoot::new(mmio.clone(), pio.clone(), mmio_window, PCI_IO_WINDOW);
     let io_events: Arc<dyn devices::IoEvents> = Arc::new(KvmIoEvents { vm: vm.clone() });
     // One count per IOAPIC pin: devices sharing a pin keep it asserted while any of them does.
-    let pins: Vec<Arc<Mutex<u32>>> = (0..8).map(|_| Arc::default()).collect();
-    let intx = |i: usize| {
-        let gsi = FIRST_PCI_GSI + (i as u32 % 8);
-        let pin = pins.get(i % 8).cloned().unwrap_or_default();
-        (gsi, Arc::new(KvmIrqLine::new(vm.clone(), gsi, pin)))
+    let pins: Vec<Arc<Mutex<u32>>> = (0..layout::PCI_INTX_GSIS).map(|_| Arc::default()).collect();
+    // INTA of the device about to take the next slot, on the pin the DSDT's _PRT names.
+    let intx = |root: &PciRoot| -> Result<_, Error> {
+        let slot = root.next_slot().ok_or(devices::pci::PciError::BusFull)?;
+        let gsi = layout::pci_intx_gsi(slot, 0);
+        let index = (gsi - layout::PCI_INTX_FIRST_GSI) as usize;
+        let pin = pins.get(index).cloned().unwrap_or_default();
+        Ok((gsi, Arc::new(KvmIrqLine::new(vm.clone(), gsi, pin))))
     };
     let vectors = |count: u16| -> Result<Arc<KvmMsiVectors>, Error> {
         Ok(Arc::new(
@@ -527,8 +528,8 @@ fn add_pci(
         ))
     };
     let mut workers: Vec<Worker> = Vec::new();
-    for (i, kind) in kinds.iter().enumerate() {
-        let (gsi, line) = intx(i);
+    for kind in kinds {
+        let (gsi, line) = intx(&root)?;
         let device: SharedPciDevice = match kind {
             DeviceKind::Edu => Arc::new(Mutex::new(Edu::new(
                 DmaHandle::Direct(mem.clone()),
@@ -538,8 +539,8 @@ fn add_pci(
         };
         root.add(device, Some(gsi as u8))?;
     }
-    for (i, (file, disk)) in disks.into_iter().enumerate() {
-        let (gsi, line) = intx(kinds.len() + i);
+    for (file, disk) in disks {
+        let (gsi, line) = intx(&root)?;
         let id = disk
             .path
             .file_name()

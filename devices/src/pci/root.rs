@@ -157,6 +157,11 @@ impl PciRoot {
         }
     }
 
+    /// The slot the next [`PciRoot::add`] will use, if any is free.
+    pub fn next_slot(&self) -> Option<u8> {
+        self.slots.iter().position(Option::is_none).map(|i| i as u8)
+    }
+
     /// Puts `device` in the first free slot: places its BARs, enables decoding and bus mastering
     /// as firmware would, sets the interrupt line register to `irq`, and maps the BARs. Returns the
     /// device's address.
