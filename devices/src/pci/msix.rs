@@ -138,13 +138,23 @@ impl Msix {
     /// that are now unmasked, cleared, for sending.
     pub fn control_written(&mut self, config: &ConfigSpace) -> Vec<u16> {
         self.control = config.u16_at(self.cap + 2);
-        if !self.enabled() || self.control & CONTROL_FUNCTION_MASK != 0 {
+        if !self.enabled() {
+            // Disabled, the function sends nothing, and nothing it held back survives.
+            self.clear_pending();
+            return Vec::new();
+        }
+        if self.control & CONTROL_FUNCTION_MASK != 0 {
             return Vec::new();
         }
         (0..self.table.len())
             .filter(|&v| self.release(v))
             .map(|v| v as u16)
             .collect()
+    }
+
+    /// Forgets every pending vector (the device was reset).
+    pub fn clear_pending(&mut self) {
+        self.pending.fill(false);
     }
 
     /// Clears and reports vector `v`'s pending bit if it may be sent now.

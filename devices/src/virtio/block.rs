@@ -18,7 +18,9 @@ use virtio_bindings::virtio_blk::{
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
-use super::VirtioDevice;
+use std::sync::atomic::Ordering;
+
+use super::{Served, VirtioDevice};
 
 /// virtio device type of a block device.
 pub const DEVICE_TYPE: u16 = 2;
@@ -30,6 +32,8 @@ pub const QUEUE_SIZE: u16 = 256;
 pub const SIZE_MAX: u32 = 1 << 20;
 /// Most data segments per request (seg_max): a full queue less the header and the status.
 pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+/// Bytes one pass over the queue may move before it yields to the event loop.
+const BYTES_PER_PASS: u64 = 8 << 20;
 /// Request header: type, reserved, sector.
 const HEADER_LEN: u64 = 16;
 /// The configuration space we present (virtio_blk_config up to max_secure_erase_sectors).
@@ -302,6 +306,11 @@ impl Block {
         self.segments.clear();
         let mut open_ended = false;
         for d in chain {
+            // Longer than any well-formed request (an indirect table can hold 65535 entries).
+            if self.segments.len() > SEG_MAX as usize + 2 {
+                open_ended = true;
+                break;
+            }
             open_ended = d.has_next();
             self.segments.push(Segment {
                 addr: d.addr().0,
@@ -368,20 +377,32 @@ impl VirtioDevice for Block {
         _index: usize,
         queue: &mut Queue,
         mem: &M,
-    ) -> bool {
-        let mut used = false;
+    ) -> Served {
+        let mut served = Served::default();
+        let mut moved = 0u64;
         for _ in 0..queue.size() {
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            if moved >= BYTES_PER_PASS {
+                served.more = true;
                 break;
+            }
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                return served;
             };
             let head = chain.head_index();
             let len = self.request(chain, mem);
+            moved += self.segments.iter().map(|s| s.len).sum::<u64>();
             match queue.add_used(mem, head, len) {
-                Ok(()) => used = true,
+                Ok(()) => served.used = true,
                 Err(e) => log::debug!("virtio-blk: cannot return descriptor {head}: {e}"),
             }
         }
-        used
+        // A full queue's worth served: there may be more (a bogus available index leaves nothing
+        // to pop, and ends the pass above without asking for another).
+        served.more = served.more
+            || queue
+                .avail_idx(mem, Ordering::Acquire)
+                .is_ok_and(|i| i.0 != queue.next_avail());
+        served
     }
 
     fn reset(&mut self) {

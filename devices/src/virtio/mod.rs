@@ -11,12 +11,13 @@ pub mod pci;
 #[doc(hidden)]
 pub mod synthetic;
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use virtio_queue::Queue;
 
 use crate::pci::ConfigSpace;
+use crate::pci::config::command;
 use crate::pci::msix::Msix;
 use crate::{InterruptLine, MsiVectors};
 
@@ -71,17 +72,26 @@ pub trait VirtioDevice: Send + 'static {
     fn negotiated(&mut self, _features: u64) {}
 
     /// Serves the buffers the driver made available on `queue` (index `index`), reading and writing
-    /// guest memory only through `mem`. Returns whether any buffer was used (the driver may want an
-    /// interrupt).
+    /// guest memory only through `mem`. One pass does a bounded amount of work, so one busy queue
+    /// cannot hold the event loop; it says whether it stopped at that bound.
     fn serve<M: vm_memory::GuestMemory>(
         &mut self,
         index: usize,
         queue: &mut Queue,
         mem: &M,
-    ) -> bool;
+    ) -> Served;
 
     /// The driver reset the device.
     fn reset(&mut self) {}
+}
+
+/// What one pass over a queue did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Served {
+    /// Buffers were used (the driver may want an interrupt).
+    pub used: bool,
+    /// The pass stopped at its bound with buffers left: serve the queue again.
+    pub more: bool,
 }
 
 /// A device's interrupts: MSI-X vectors when the driver enabled MSI-X, otherwise the ISR status
@@ -92,6 +102,8 @@ pub struct Interrupts {
     vectors: Arc<dyn MsiVectors>,
     intx: Arc<dyn InterruptLine>,
     isr: AtomicU8,
+    /// INTx may not be asserted: MSI-X is on or the command register's INTx disable bit is set.
+    intx_off: AtomicBool,
 }
 
 impl std::fmt::Debug for Interrupts {
@@ -110,6 +122,7 @@ impl Interrupts {
             vectors,
             intx,
             isr: AtomicU8::new(0),
+            intx_off: AtomicBool::new(false),
         }
     }
 
@@ -117,7 +130,8 @@ impl Interrupts {
         self.msix.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Signals `vector` (MSI-X on) or sets `isr_bit` and asserts INTx (MSI-X off).
+    /// Signals `vector` (MSI-X on) or sets `isr_bit` and asserts INTx (MSI-X off). The ISR and
+    /// the line change under the MSI-X lock, so a driver's ISR read cannot slip between them.
     fn signal(&self, vector: u16, isr_bit: u8) {
         let mut msix = self.msix();
         if msix.enabled() {
@@ -126,7 +140,9 @@ impl Interrupts {
             }
         } else {
             self.isr.fetch_or(isr_bit, Ordering::SeqCst);
-            self.intx.set_level(true);
+            if !self.intx_off.load(Ordering::SeqCst) {
+                self.intx.set_level(true);
+            }
         }
     }
 
@@ -142,23 +158,29 @@ impl Interrupts {
 
     /// A driver read of the ISR status: returns it, clears it and deasserts INTx.
     fn read_isr(&self) -> u8 {
+        let _order = self.msix();
         let isr = self.isr.swap(0, Ordering::SeqCst);
-        if isr != 0 {
-            self.intx.set_level(false);
-        }
+        self.intx.set_level(false);
         isr
     }
 
-    /// Reset: nothing pending on INTx.
+    /// Reset: nothing pending, on INTx or in the MSI-X pending bits.
     fn reset(&self) {
-        if self.isr.swap(0, Ordering::SeqCst) != 0 {
-            self.intx.set_level(false);
-        }
+        let mut msix = self.msix();
+        msix.clear_pending();
+        self.isr.store(0, Ordering::SeqCst);
+        self.intx.set_level(false);
     }
 
-    /// After a configuration-space write: MSI-X may have been enabled or unmasked.
+    /// After a configuration-space write: MSI-X may have been enabled or unmasked, and INTx
+    /// enabled or disabled (by MSI-X or the command register).
     fn control_written(&self, config: &ConfigSpace) {
-        let released = self.msix().control_written(config);
+        let mut msix = self.msix();
+        let released = msix.control_written(config);
+        let off = msix.enabled() || config.command() & command::INTX_DISABLE != 0;
+        self.intx_off.store(off, Ordering::SeqCst);
+        self.intx
+            .set_level(!off && self.isr.load(Ordering::SeqCst) != 0);
         for v in released {
             self.vectors.trigger(v);
         }

@@ -114,7 +114,9 @@ impl<D: VirtioDevice> State<D> {
             return;
         }
         let old = self.status;
-        let mut new = value | (old & status::DEVICE_NEEDS_RESET);
+        // A driver never clears a status bit (virtio 1.2, 2.1.1) short of a reset; one that tries
+        // keeps what it had.
+        let mut new = value | old;
         if new & status::FEATURES_OK != 0 && old & status::FEATURES_OK == 0 {
             if self.features_acceptable() {
                 self.device.negotiated(self.driver_features);
@@ -126,10 +128,6 @@ impl<D: VirtioDevice> State<D> {
                 );
                 new &= !status::FEATURES_OK;
             }
-        }
-        if new & status::FEATURES_OK == 0 && old & status::FEATURES_OK != 0 {
-            // FEATURES_OK cannot be taken back short of a reset.
-            new |= status::FEATURES_OK;
         }
         self.status = new;
         let ready_to_go = new & (status::DRIVER_OK | status::FEATURES_OK)
@@ -410,7 +408,11 @@ impl<D: VirtioDevice> VirtioPci<D> {
                 }
             }
             _ => {
-                // Queue setup: only while the queue is not enabled.
+                // Queue setup: only before DRIVER_OK (when the rings are checked) and while the
+                // queue is not enabled.
+                if st.status & status::DRIVER_OK != 0 {
+                    return;
+                }
                 let Some(queue) = st.queues.get_mut(q).filter(|queue| !queue.ready()) else {
                     return;
                 };
@@ -527,20 +529,16 @@ struct ServeQueue<'a, D> {
 impl<D: VirtioDevice> MemoryUser for ServeQueue<'_, D> {
     type Output = (bool, bool);
     fn run<M: vm_memory::GuestMemory>(self, mem: &M) -> (bool, bool) {
-        let used = self.device.serve(self.index, self.queue, mem);
-        let notify = used && self.queue.needs_notification(mem).unwrap_or(true);
-        let more = self
-            .queue
-            .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
-            .is_ok_and(|idx| idx.0 != self.queue.next_avail());
-        (notify, more)
+        let served = self.device.serve(self.index, self.queue, mem);
+        let notify = served.used && self.queue.needs_notification(mem).unwrap_or(true);
+        (notify, served.more)
     }
 }
 
 impl<D: VirtioDevice> VirtioWorker<D> {
     /// Serves queue `index` once: what the driver made available, then an interrupt if the driver
-    /// wants one. If buffers remain (the device serves at most a queue's worth per pass, so one
-    /// busy queue cannot starve the event loop), the queue's event is rung again.
+    /// wants one. If the pass stopped at its bound with buffers left, the queue's event is rung
+    /// again, so the event loop serves others in between.
     pub fn serve(&self, index: usize) {
         let mut st = lock(&self.state);
         if !st.live {

@@ -586,3 +586,63 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_bogus_available_index_does_not_keep_the_worker_busy() {
+    let mut r = rig();
+    r.start();
+    // 0x8000 entries "available" in a queue of 16: nothing can be popped.
+    r.mem
+        .write_obj(0x8000u16, GuestAddress(r.queue.avail + 2))
+        .unwrap();
+    r.worker.serve(0);
+    assert_eq!(
+        r.worker_events_pending(),
+        0,
+        "the worker asked to run again"
+    );
+    assert_eq!(r.queue.pop_used(), None);
+}
+
+#[test]
+fn queues_cannot_be_reconfigured_after_driver_ok() {
+    let mut r = rig();
+    r.start();
+    write_common(&mut r.dev, 0x16, 2, 0);
+    write_common(&mut r.dev, 0x20, 8, MEM_SIZE as u64 - 0x10);
+    write_common(&mut r.dev, 0x18, 2, 4);
+    assert_eq!(read_common(&mut r.dev, 0x20, 8), RINGS);
+    assert_eq!(read_common(&mut r.dev, 0x18, 2), 16);
+    // Status bits stay set until a reset.
+    write_common(&mut r.dev, 0x14, 1, u64::from(status::ACKNOWLEDGE));
+    assert_eq!(
+        read_common(&mut r.dev, 0x14, 1) as u8,
+        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK
+    );
+    assert_eq!(r.read_sectors(0, 512), (513, 0));
+}
+
+#[test]
+fn intx_stops_when_msix_is_enabled_or_intx_is_disabled() {
+    let mut r = rig();
+    r.start();
+    assert_eq!(r.read_sectors(0, 512), (513, 0));
+    assert!(r.line.0.load(Ordering::SeqCst), "INTx with MSI-X off");
+    // INTx disable in the command register lowers the line; clearing it raises it again, as the
+    // ISR still holds the interrupt.
+    let cmd = r.dev.config().command();
+    r.dev.config().write(0x04, &(cmd | 0x400).to_le_bytes());
+    r.dev.config_written();
+    assert!(!r.line.0.load(Ordering::SeqCst));
+    r.dev.config().write(0x04, &cmd.to_le_bytes());
+    r.dev.config_written();
+    assert!(r.line.0.load(Ordering::SeqCst));
+    // Enabling MSI-X lowers it too.
+    let cap = (0x40..0x100)
+        .step_by(4)
+        .find(|&a| r.dev.config().u32_at(a) & 0xff == 0x11)
+        .unwrap();
+    r.dev.config().write(cap + 2, &0x8000u16.to_le_bytes());
+    r.dev.config_written();
+    assert!(!r.line.0.load(Ordering::SeqCst));
+}
