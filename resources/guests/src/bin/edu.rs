@@ -6,6 +6,7 @@
 #![no_std]
 #![no_main]
 
+use guests::rt::pci::{config_read32, config_write32};
 use guests::rt::{self, lapic};
 use guests::{fail, println};
 
@@ -14,16 +15,6 @@ guests::entry!(main);
 const MSI_VECTOR: u8 = 0x50;
 const INTX_VECTOR: u8 = 0x51;
 const IOAPIC: u64 = 0xfec0_0000;
-
-fn config_read32(dev: u32, reg: u32) -> u32 {
-    rt::outl(0xcf8, 0x8000_0000 | (dev << 11) | reg);
-    rt::inl(0xcfc)
-}
-
-fn config_write32(dev: u32, reg: u32, v: u32) {
-    rt::outl(0xcf8, 0x8000_0000 | (dev << 11) | reg);
-    rt::outl(0xcfc, v);
-}
 
 fn r32(bar: u64, off: u64) -> u32 {
     // SAFETY: BAR0 of the edu device, identity-mapped device memory below 4 GiB.

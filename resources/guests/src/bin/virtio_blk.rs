@@ -13,6 +13,7 @@
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 use core::sync::atomic::{Ordering, fence};
 
+use guests::rt::pci::{config_read32, config_write32};
 use guests::rt::{self, lapic, multiboot};
 use guests::{fail, println};
 
@@ -40,16 +41,6 @@ struct Buffer([u8; 2 * CHUNK]);
 static mut BUF: Buffer = Buffer([0; 2 * CHUNK]);
 static mut HEADER: [u64; 2] = [0; 2];
 static mut STATUS: u8 = 0;
-
-fn config_read32(dev: u32, reg: u32) -> u32 {
-    rt::outl(0xcf8, 0x8000_0000 | (dev << 11) | reg);
-    rt::inl(0xcfc)
-}
-
-fn config_write32(dev: u32, reg: u32, v: u32) {
-    rt::outl(0xcf8, 0x8000_0000 | (dev << 11) | reg);
-    rt::outl(0xcfc, v);
-}
 
 /// The device's BAR0 structures.
 struct Device {
@@ -375,14 +366,20 @@ fn main() -> ! {
     let mut sector = 0;
     while sector < sectors {
         let left = ((sectors - sector) * 512).min(CHUNK as u64) as u32;
-        let segs = [(buf(), left.min(half), true), (buf() + 4096, left - left.min(half), true)];
+        let segs = [
+            (buf(), left.min(half), true),
+            (buf() + 4096, left - left.min(half), true),
+        ];
         let n = if left > half { 2 } else { 1 };
         let (status, len) = q.request(&dev, 0, sector, &segs[..n]);
         if status != S_OK || len != left + 1 {
             fail!("read at sector {}: status {} used {}", sector, status, len);
         }
         sum = fnv(sum, &buffer()[..left.min(half) as usize]);
-        sum = fnv(sum, &buffer()[4096..4096 + (left - left.min(half)) as usize]);
+        sum = fnv(
+            sum,
+            &buffer()[4096..4096 + (left - left.min(half)) as usize],
+        );
         sector += u64::from(left) / 512;
     }
     if sum != want_sum {
@@ -410,7 +407,10 @@ fn main() -> ! {
     if status != S_OK || fnv(FNV_INIT, &buffer()[..CHUNK]) != written {
         fail!("read back after write: status {}", status);
     }
-    println!("write: 4096 bytes at sector {}, flushed, read back", write_sector);
+    println!(
+        "write: 4096 bytes at sector {}, flushed, read back",
+        write_sector
+    );
 
     let (status, len) = q.request(&dev, 8, 0, &[(buf(), 20, true)]);
     let id = &buffer()[..20];
@@ -426,7 +426,12 @@ fn main() -> ! {
     let cases: [(&str, u32, u64, &[(u64, u32, bool)]); 4] = [
         ("data outside RAM", 0, 0, &[(far, 512, true)]),
         ("data in the wrong direction", 0, 0, &[(buf(), 512, false)]),
-        ("segment over size_max", 0, 0, &[(buf(), size_max + 512, true)]),
+        (
+            "segment over size_max",
+            0,
+            0,
+            &[(buf(), size_max + 512, true)],
+        ),
         ("read past the end", 0, sectors - 1, &[(buf(), 1024, true)]),
     ];
     for (what, kind, sector, segs) in cases {

@@ -10,6 +10,7 @@ pub mod lapic;
 pub mod mem;
 pub mod multiboot;
 pub mod paging;
+pub mod pci;
 pub mod serial;
 pub mod smp;
 pub mod sys;
