@@ -423,7 +423,8 @@ fn main() -> ! {
 
     // Malformed requests: each fails with IOERR, and a good read still works after it.
     let far = 1u64 << 45;
-    let cases: [(&str, u32, u64, &[(u64, u32, bool)]); 4] = [
+    type Case<'a> = (&'a str, u32, u64, &'a [(u64, u32, bool)]);
+    let cases: [Case; 4] = [
         ("data outside RAM", 0, 0, &[(far, 512, true)]),
         ("data in the wrong direction", 0, 0, &[(buf(), 512, false)]),
         (
