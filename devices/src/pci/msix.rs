@@ -91,11 +91,6 @@ impl Msix {
         }
     }
 
-    /// The number of vectors.
-    pub fn vectors(&self) -> u16 {
-        self.table.len() as u16
-    }
-
     /// Whether the guest enabled MSI-X (the device then must not use INTx).
     pub fn enabled(&self) -> bool {
         self.control & CONTROL_ENABLE != 0

@@ -121,11 +121,6 @@ impl Block {
         })
     }
 
-    /// Capacity in sectors.
-    pub fn capacity(&self) -> u64 {
-        self.capacity
-    }
-
     /// The data pieces of a request: the bytes of the readable (`writable` false) or writable
     /// segments, skipping the first `skip` bytes and leaving out the last `keep_back` bytes.
     fn pieces(
@@ -134,13 +129,7 @@ impl Block {
         skip: u64,
         keep_back: u64,
     ) -> impl Iterator<Item = (u64, u64)> + '_ {
-        let total: u64 = self
-            .segments
-            .iter()
-            .filter(|s| s.writable == writable)
-            .map(|s| s.len)
-            .sum();
-        let end = total.saturating_sub(keep_back);
+        let end = self.bytes(writable).saturating_sub(keep_back);
         let mut at = 0u64;
         self.segments
             .iter()

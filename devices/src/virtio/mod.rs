@@ -186,10 +186,6 @@ impl Interrupts {
         }
     }
 
-    fn vectors(&self) -> u16 {
-        self.msix().vectors()
-    }
-
     fn table_read(&self, offset: u64, data: &mut [u8]) {
         self.msix().read(offset, data);
     }

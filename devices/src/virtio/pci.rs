@@ -380,7 +380,8 @@ impl<D: VirtioDevice> VirtioPci<D> {
         }
         let value = u64::from_le_bytes(bytes);
         let (v16, v32) = (value as u16, value as u32);
-        let vectors = self.interrupts.vectors();
+        // The MSI-X table has one vector for configuration changes and one per queue.
+        let vectors = self.events.len() as u16 + 1;
         let mut st = lock(&self.state);
         let st = &mut *st;
         let q = usize::from(self.queue_select);
