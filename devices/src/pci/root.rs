@@ -497,12 +497,19 @@ mod tests {
 mod bar_tests {
     use super::*;
 
-    /// A device whose BARs answer with their number and offset.
-    struct Probe(ConfigSpace);
+    /// A device whose BARs answer with their number and offset, and which records where the root
+    /// says its BARs decode.
+    struct Probe(ConfigSpace, Arc<Mutex<Moves>>);
+
+    /// (BAR, where it decodes now) in the order the root reported them.
+    type Moves = Vec<(usize, Option<u64>)>;
 
     impl PciDevice for Probe {
         fn config(&mut self) -> &mut ConfigSpace {
             &mut self.0
+        }
+        fn bar_moved(&mut self, bar: usize, addr: Option<u64>) {
+            self.1.lock().unwrap().push((bar, addr));
         }
         fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
             data.fill(0);
@@ -529,8 +536,9 @@ mod bar_tests {
         let mut config = ConfigSpace::new(0x1234, 0x5678, 0, 0);
         config.add_bar(0, BarKind::Memory32, 0x10_0000);
         config.add_bar(1, BarKind::Io, 0x20);
+        let moves = Arc::new(Mutex::new(Vec::new()));
         let bdf = root
-            .add(Arc::new(Mutex::new(Probe(config))), Some(11))
+            .add(Arc::new(Mutex::new(Probe(config, moves.clone()))), Some(11))
             .unwrap();
         assert_eq!(bdf, Bdf::device(1));
         let root = Arc::new(root);
@@ -568,6 +576,25 @@ mod bar_tests {
         assert_eq!(u32::from_le_bytes(buf), 0xfff0_0000);
         root.config_write(0, 1, 0, 0x10, &0xd000_0000u32.to_le_bytes());
         assert_eq!(read(&mmio, 0xd000_0005), Some(0x05));
+        // The device heard of every BAR0 move (for its doorbells), sizing included.
+        let bar0_moves: Vec<Option<u64>> = moves
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(bar, _)| *bar == 0)
+            .map(|(_, addr)| *addr)
+            .collect();
+        assert_eq!(
+            bar0_moves,
+            vec![
+                Some(0xc000_0000),
+                Some(0xd000_0000),
+                None,
+                Some(0xd000_0000),
+                Some(0xfff0_0000),
+                Some(0xd000_0000)
+            ]
+        );
     }
 
     #[test]
@@ -581,7 +608,7 @@ mod bar_tests {
         let big = || {
             let mut c = ConfigSpace::new(1, 1, 0, 0);
             c.add_bar(0, BarKind::Memory32, 0x10_0000);
-            Arc::new(Mutex::new(Probe(c)))
+            Arc::new(Mutex::new(Probe(c, Arc::default())))
         };
         root.add(big(), None).unwrap();
         assert_eq!(
@@ -611,7 +638,7 @@ mod bar_tests {
     fn probe_with_bar(size: u64) -> SharedPciDevice {
         let mut c = ConfigSpace::new(1, 2, 0, 0);
         c.add_bar(0, BarKind::Memory32, size);
-        Arc::new(Mutex::new(Probe(c)))
+        Arc::new(Mutex::new(Probe(c, Arc::default())))
     }
 
     #[test]
