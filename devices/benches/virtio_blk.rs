@@ -94,21 +94,13 @@ impl Rig {
             .write_obj(sector, GuestAddress(HEADER + 8))
             .unwrap();
         let mut chain = Vec::with_capacity(18);
-        chain.push(Desc {
-            addr: HEADER,
-            len: 16,
-            writable: false,
-        });
+        chain.push(Desc::readable(HEADER, 16));
         chain.extend((0..pages).map(|p| Desc {
             addr: DATA + p * 4096,
             len: 4096,
             writable: kind == 0,
         }));
-        chain.push(Desc {
-            addr: STATUS,
-            len: 1,
-            writable: true,
-        });
+        chain.push(Desc::writable(STATUS, 1));
         self.queue.push(&chain);
         self.worker.serve(0);
         self.queue.pop_used().expect("served");

@@ -21,6 +21,26 @@ pub struct Desc {
     pub writable: bool,
 }
 
+impl Desc {
+    /// A buffer the device reads.
+    pub fn readable(addr: u64, len: u32) -> Self {
+        Self {
+            addr,
+            len,
+            writable: false,
+        }
+    }
+
+    /// A buffer the device writes.
+    pub fn writable(addr: u64, len: u32) -> Self {
+        Self {
+            addr,
+            len,
+            writable: true,
+        }
+    }
+}
+
 /// VRING_DESC_F_NEXT and VRING_DESC_F_WRITE.
 pub const DESC_NEXT: u16 = 1;
 /// See [`DESC_NEXT`].

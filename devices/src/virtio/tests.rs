@@ -143,19 +143,11 @@ impl Rig {
             .write_obj(sector, GuestAddress(HEADER + 8))
             .unwrap();
         self.mem.write_obj(0xaau8, GuestAddress(STATUS)).unwrap();
-        Desc {
-            addr: HEADER,
-            len: 16,
-            writable: false,
-        }
+        Desc::readable(HEADER, 16)
     }
 
     fn status_desc() -> Desc {
-        Desc {
-            addr: STATUS,
-            len: 1,
-            writable: true,
-        }
+        Desc::writable(STATUS, 1)
     }
 
     /// Submits `chain`, lets the worker serve it, and returns (used length, status byte).
@@ -288,16 +280,8 @@ fn reads_writes_flushes_and_get_id() {
     let h = r.header(0, 2);
     let chain = [
         h,
-        Desc {
-            addr: DATA,
-            len: 512,
-            writable: true,
-        },
-        Desc {
-            addr: DATA + 0x3000,
-            len: 512,
-            writable: true,
-        },
+        Desc::writable(DATA, 512),
+        Desc::writable(DATA + 0x3000, 512),
         Rig::status_desc(),
     ];
     assert_eq!(r.submit(&chain), (1025, 0));
@@ -313,11 +297,7 @@ fn reads_writes_flushes_and_get_id() {
     let new = pattern(512, 99);
     r.mem.write_slice(&new, GuestAddress(DATA)).unwrap();
     let h = r.header(1, 5);
-    let data = Desc {
-        addr: DATA,
-        len: 512,
-        writable: false,
-    };
+    let data = Desc::readable(DATA, 512);
     assert_eq!(r.submit(&[h, data, Rig::status_desc()]), (1, 0));
     let h = r.header(4, 0);
     assert_eq!(r.submit(&[h, Rig::status_desc()]), (1, 0));
@@ -325,11 +305,7 @@ fn reads_writes_flushes_and_get_id() {
 
     // GET_ID: 20 bytes of the serial.
     let h = r.header(8, 0);
-    let id = Desc {
-        addr: DATA,
-        len: 20,
-        writable: true,
-    };
+    let id = Desc::writable(DATA, 20);
     assert_eq!(r.submit(&[h, id, Rig::status_desc()]), (21, 0));
     let mut serial = [0u8; 20];
     r.mem.read_slice(&mut serial, GuestAddress(DATA)).unwrap();
@@ -354,11 +330,7 @@ fn a_read_only_disk_refuses_writes() {
     );
     r.start();
     let h = r.header(1, 0);
-    let data = Desc {
-        addr: DATA,
-        len: 512,
-        writable: false,
-    };
+    let data = Desc::readable(DATA, 512);
     assert_eq!(r.submit(&[h, data, Rig::status_desc()]).1, 1, "IOERR");
     assert_eq!(r.disk_bytes(), pattern(DISK, 7));
     assert_eq!(r.read_sectors(0, 512), (513, 0));
@@ -369,16 +341,7 @@ fn malformed_requests_fail_alone_and_the_device_keeps_serving() {
     let mut r = rig();
     r.start();
     let ioerr = 1u8;
-    let w = |addr, len| Desc {
-        addr,
-        len,
-        writable: true,
-    };
-    let ro = |addr, len| Desc {
-        addr,
-        len,
-        writable: false,
-    };
+    let (w, ro) = (Desc::writable, Desc::readable);
     // (what, request type and sector, whether the header descriptor leads, the rest).
     let st = Rig::status_desc();
     type Case = (&'static str, (u32, u64), bool, Vec<Desc>);
@@ -543,11 +506,7 @@ fn doorbells_follow_bar0() {
     // A doorbell write that reaches the device rings the queue's event for the worker.
     r.start();
     let h = r.header(0, 0);
-    let data = Desc {
-        addr: DATA,
-        len: 512,
-        writable: true,
-    };
+    let data = Desc::writable(DATA, 512);
     r.queue.push(&[h, data, Rig::status_desc()]);
     r.dev.bar_write(0, layout::NOTIFY, &0u16.to_le_bytes());
     assert_eq!(r.worker_events_pending(), 1);
