@@ -17,7 +17,6 @@ use devices::legacy::{
     I8042_DATA_PORT, IrqTrigger, RxDrained, Serial, system_clock,
 };
 use devices::pci::{ConfigAddressPort, EcamWindow, PciRoot, SharedPciDevice};
-use devices::virtio::VirtioDevice;
 use devices::virtio::block::Block;
 use devices::virtio::pci::VirtioPci;
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
@@ -550,8 +549,7 @@ fn add_pci(
             path: disk.path.clone(),
             source,
         })?;
-        // One vector for configuration changes and one per queue.
-        let count = block.queue_max_sizes().len() as u16 + 1;
+        let count = VirtioPci::vectors_for(&block);
         let (device, worker) = VirtioPci::new(
             block,
             DmaHandle::Direct(mem.clone()),

@@ -208,6 +208,21 @@ fn class_of(device_type: u16) -> u32 {
 }
 
 impl<D: VirtioDevice> VirtioPci<D> {
+    /// The MSI-X vectors a function for `device` has (and its `vectors` must provide): one for
+    /// configuration changes and one per queue.
+    pub fn vectors_for(device: &D) -> u16 {
+        Self::queues_for(device).count() as u16 + 1
+    }
+
+    /// The device's queues (a size that is not a power of two up to 32768 is a device bug; such a
+    /// queue is left out).
+    fn queues_for(device: &D) -> impl Iterator<Item = Queue> + '_ {
+        device
+            .queue_max_sizes()
+            .iter()
+            .filter_map(|&max| Queue::new(max).ok())
+    }
+
     /// A virtio PCI function for `device`, reaching memory through `dma`, interrupting through
     /// MSI-X `vectors` (one for configuration changes, one per queue) or `intx`, with queue
     /// doorbells registered with `io_events` wherever BAR0 is placed. Returns the function and its
@@ -231,11 +246,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
         config.set_u8(offset::INTERRUPT_PIN, 1);
         config.add_bar(0, BarKind::Memory64, layout::SIZE);
 
-        let queues: Vec<Queue> = device
-            .queue_max_sizes()
-            .iter()
-            .filter_map(|&max| Queue::new(max).ok())
-            .collect();
+        let queues: Vec<Queue> = Self::queues_for(&device).collect();
         let n = queues.len();
         let structures = [
             (CAP_COMMON, layout::COMMON, layout::COMMON_LEN),
@@ -263,7 +274,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
         }
         let msix = Msix::new(
             &mut config,
-            n as u16 + 1,
+            Self::vectors_for(&device),
             0,
             layout::MSIX_TABLE,
             layout::MSIX_PBA,
