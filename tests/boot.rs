@@ -350,6 +350,48 @@ fn sigterm_stops_the_vm_in_order() {
     assert_eq!(stderr.trim_end(), "vmm: stopped by signal 15");
 }
 
+/// With --iommu, SIGUSR1 prints the unit's statistics line and the VM goes on; the line is printed
+/// again when the VMM stops.
+#[test]
+fn sigusr1_prints_the_iommu_statistics() {
+    if !kvm_or_skip("sigusr1_prints_the_iommu_statistics") {
+        return;
+    }
+    let k = asm_kernel("multiboot-asm");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .args([
+            "--kernel",
+            k.to_str().unwrap(),
+            "--cmdline",
+            "hang",
+            "--iommu",
+            "--timeout",
+            "60",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) }, 0);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{stderr}");
+    let stats = "vmm: iommu: translations 0, iotlb hits 0, misses 0, walks 0, invalidations: \
+                 context 0, global 0, domain 0, page 0, wait 0, faults 0";
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines,
+        vec![stats, stats, "vmm: stopped by signal 15"],
+        "{stderr}"
+    );
+}
+
 /// Every bad input gets exactly one line on stderr, naming the problem, and status 2.
 #[test]
 fn bad_input_gets_a_one_line_error() {
@@ -403,6 +445,18 @@ fn bad_input_gets_a_one_line_error() {
             "readonly=maybe: expected on or off",
         ),
         (vec!["--kernel", &pvh, "--disk", "x.img"], "--disk"),
+        (
+            vec!["--kernel", &pvh, "--iommu", "aw-bits=57"],
+            "aw-bits=57: expected 39 or 48",
+        ),
+        (
+            vec!["--kernel", &pvh, "--iommu", "fault-records=500"],
+            "fault-records=500: expected 1 to 128",
+        ),
+        (
+            vec!["--kernel", &pvh, "--iommu", "ir=on"],
+            "unknown option 'ir'",
+        ),
     ];
     for (args, needle) in cases {
         let run = vmm(&args);

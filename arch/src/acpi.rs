@@ -272,6 +272,28 @@ fn madt(cpus: u8) -> Vec<u8> {
     bytes
 }
 
+/// DMAR: one DMA-remapping hardware unit (DRHD) at `register_base` covering every PCI device of
+/// segment 0 (INCLUDE_PCI_ALL), for a host address width of `aw_bits`. No interrupt remapping is
+/// claimed (flags 0), so no IOAPIC scope is needed.
+pub fn dmar(aw_bits: u8, register_base: u64) -> Vec<u8> {
+    /// Header, host address width, flags and 10 reserved bytes.
+    const DMAR_HEADER: u32 = 48;
+    /// A DRHD without device scopes.
+    const DRHD_LEN: u16 = 16;
+    const DRHD_INCLUDE_PCI_ALL: u8 = 1;
+    let mut table = Sdt::new(*b"DMAR", DMAR_HEADER, 1, OEM_ID, *b"VMMDMAR ", OEM_REVISION);
+    table.write_u8(36, aw_bits.saturating_sub(1));
+    let mut drhd = Vec::with_capacity(usize::from(DRHD_LEN));
+    drhd.extend_from_slice(&0u16.to_le_bytes()); // type 0: DRHD
+    drhd.extend_from_slice(&DRHD_LEN.to_le_bytes());
+    drhd.push(DRHD_INCLUDE_PCI_ALL);
+    drhd.push(0); // size: 2^0 register pages
+    drhd.extend_from_slice(&0u16.to_le_bytes()); // PCI segment 0
+    drhd.extend_from_slice(&register_base.to_le_bytes());
+    table.append_slice(&drhd);
+    table.as_slice().to_vec()
+}
+
 /// The tables laid out for guest-physical [`ACPI_START`]: the RSDP first, then each table
 /// 16-byte aligned, the XSDT last.
 #[derive(Debug)]
@@ -406,6 +428,32 @@ mod tests {
     }
 
     #[test]
+    fn dmar_describes_one_unit_for_all_devices() {
+        let t = Tables::build(
+            1,
+            &MemoryLayout::new(1 << 30),
+            &[dmar(48, crate::layout::IOMMU_BASE)],
+        )
+        .unwrap();
+        let d = t.table(b"DMAR").unwrap();
+        assert_eq!(sum(d), 0);
+        assert_eq!(d.len(), 64);
+        assert_eq!(d[8], 1, "revision");
+        assert_eq!(d[36], 47, "host address width - 1");
+        assert_eq!(d[37], 0, "no interrupt remapping claimed");
+        assert_eq!(&d[48..52], &[0, 0, 16, 0], "DRHD, 16 bytes");
+        assert_eq!(d[52], 1, "INCLUDE_PCI_ALL");
+        assert_eq!(u16::from_le_bytes([d[54], d[55]]), 0, "segment");
+        assert_eq!(
+            u64::from_le_bytes(d[56..64].try_into().unwrap()),
+            0xfed9_0000
+        );
+        let xsdt = t.table(b"XSDT").unwrap();
+        assert_eq!((xsdt.len() - 36) / 8, 4, "FACP, APIC, MCFG, DMAR");
+        assert_eq!(dmar(39, 0)[36], 38);
+    }
+
+    #[test]
     fn too_many_cpus_is_an_error() {
         assert!(matches!(
             Tables::build(255, &MemoryLayout::new(1 << 30), &[]),
@@ -424,7 +472,12 @@ mod tests {
             );
             return;
         }
-        let t = Tables::build(2, &MemoryLayout::new(6 << 30), &[]).unwrap();
+        let t = Tables::build(
+            2,
+            &MemoryLayout::new(6 << 30),
+            &[dmar(48, crate::layout::IOMMU_BASE)],
+        )
+        .unwrap();
         let dir = std::env::temp_dir().join(format!("vmm-acpi-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         for (sig, _) in &t.tables {
@@ -448,6 +501,17 @@ mod tests {
                 assert!(!dsl.contains(bad), "iasl reports {bad} in {name}:\n{dsl}");
             }
             assert!(!text.contains("Error"), "iasl -d {name}: {text}");
+            if name == "dmar" {
+                let flat: String = dsl.split_whitespace().collect();
+                for field in [
+                    "HostAddressWidth:2F",
+                    "SubtableType:0000[HardwareUnitDefinition]",
+                    "Flags:01",
+                    "RegisterBaseAddress:00000000FED90000",
+                ] {
+                    assert!(flat.contains(field), "no {field} in:\n{dsl}");
+                }
+            }
             if name == "dsdt" {
                 // Slot 1 INTA -> GSI 16; slot 31 INTD -> GSI 16 + (30 + 3) % 8 = 17.
                 let flat: String = dsl.split_whitespace().collect();

@@ -54,6 +54,11 @@ pub const PCI_MMIO64_SIZE: u64 = 64 << 30;
 pub const HIGH_RAM_START: u64 = 0x1_0000_0000;
 /// IOAPIC registers.
 pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
+/// The VT-d remapping unit's register page (with `--iommu`), where QEMU puts it and
+/// kvm-unit-tests expects it; reserved in e820.
+pub const IOMMU_BASE: u64 = 0xfed9_0000;
+/// Size of the register page.
+pub const IOMMU_SIZE: u64 = 0x1000;
 /// PCI INTx lines use IOAPIC pins 16 to 23, as on a PC.
 pub const PCI_INTX_FIRST_GSI: u32 = 16;
 /// How many IOAPIC pins PCI INTx lines share.
@@ -91,13 +96,16 @@ pub struct E820Entry {
     pub kind: u32,
 }
 
-/// Where the guest's RAM lies, derived from its size.
+/// Where the guest's RAM lies, derived from its size, and whether the VT-d unit's register page
+/// is present.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemoryLayout {
     /// Bytes of RAM below the MMIO hole (from address 0).
     pub low_size: u64,
     /// Bytes of RAM from [`HIGH_RAM_START`] up.
     pub high_size: u64,
+    /// The remapping unit's register page at [`IOMMU_BASE`] is present (and reserved in e820).
+    pub iommu: bool,
 }
 
 /// The smallest guest the layout supports: the fixed low structures plus room for a kernel.
@@ -110,6 +118,15 @@ impl MemoryLayout {
         Self {
             low_size,
             high_size: size - low_size,
+            iommu: false,
+        }
+    }
+
+    /// The same layout with the VT-d unit's register page.
+    pub fn with_iommu(self) -> Self {
+        Self {
+            iommu: true,
+            ..self
         }
     }
 
@@ -134,7 +151,7 @@ impl MemoryLayout {
 
     /// The memory map as firmware would report it, in address order: low RAM, the reserved
     /// legacy area, RAM from 1 MiB to the hole, the ECAM window (reserved: Linux wants MCFG
-    /// regions to be), and RAM above 4 GiB.
+    /// regions to be), the VT-d unit's registers if present, and RAM above 4 GiB.
     pub fn e820(&self) -> Vec<E820Entry> {
         let entry = |addr, size, kind| E820Entry { addr, size, kind };
         let mut map = vec![
@@ -143,6 +160,9 @@ impl MemoryLayout {
             entry(HIMEM_START, self.low_size - HIMEM_START, E820_RAM),
             entry(ECAM_BASE, ECAM_SIZE, E820_RESERVED),
         ];
+        if self.iommu {
+            map.push(entry(IOMMU_BASE, IOMMU_SIZE, E820_RESERVED));
+        }
         if self.high_size > 0 {
             map.push(entry(HIGH_RAM_START, self.high_size, E820_RAM));
         }
@@ -169,6 +189,21 @@ mod tests {
                 kind: E820_RAM
             }
         );
+    }
+
+    #[test]
+    fn the_iommu_page_is_reserved_only_when_present() {
+        let reserved = |l: MemoryLayout| {
+            l.e820()
+                .iter()
+                .any(|e| e.addr == IOMMU_BASE && e.size == IOMMU_SIZE && e.kind == E820_RESERVED)
+        };
+        assert!(!reserved(MemoryLayout::new(6 << 30)));
+        let with = MemoryLayout::new(6 << 30).with_iommu();
+        assert!(reserved(with));
+        let addrs: Vec<u64> = with.e820().iter().map(|e| e.addr).collect();
+        assert!(addrs.is_sorted(), "{addrs:x?}");
+        const { assert!(IOMMU_BASE >= ECAM_BASE + ECAM_SIZE && IOMMU_BASE + IOMMU_SIZE <= LAPIC_ADDR) };
     }
 
     #[test]

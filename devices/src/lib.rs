@@ -12,6 +12,7 @@ pub mod edu;
 pub mod legacy;
 pub mod pci;
 pub mod virtio;
+pub mod vtd;
 
 pub use bus::{Bus, BusDevice, BusError};
 

@@ -9,6 +9,7 @@
 //! mapping it needs however many leaves it spans.
 
 use std::ops::Deref;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use vm_memory::iommu::{Error as IommuError, IotlbIterator, IovaRange};
@@ -86,6 +87,8 @@ pub struct DeviceHandle {
     /// The native path's lock-free cache, and the lock that serialises its writers.
     fast: FastCache,
     fast_fill: Mutex<()>,
+    /// Translations answered by this handle's caches, for the unit's statistics.
+    hits: Arc<AtomicU64>,
 }
 
 /// Why a DMA through the native path failed.
@@ -140,6 +143,7 @@ impl DeviceHandle {
             inserted: 0,
         };
         Self {
+            hits: unit.hit_counter(),
             unit,
             sid,
             local: RwLock::new(local),
@@ -166,14 +170,14 @@ impl DeviceHandle {
             return Err(DmaFault::InterruptRange(iova));
         }
         let generation = self.unit.generation();
+        // A cached entry without the access right goes back to the unit, which faults or finds
+        // that the guest has granted it since.
         let hit = match self.fast.lookup(iova, generation) {
-            Some(hit) => hit,
-            None => self.fill(iova, access, generation)?,
-        };
-        let hit = if (access.read && !hit.read) || (access.write && !hit.write) {
-            self.fill(iova, access, generation)?
-        } else {
-            hit
+            Some(hit) if (hit.read || !access.read) && (hit.write || !access.write) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                hit
+            }
+            _ => self.fill(iova, access, generation)?,
         };
         let (gpa, avail) = resolve(hit, iova);
         // A leaf or identity span may cover the interrupt range; the DMA must stop before it.
@@ -304,6 +308,7 @@ impl Iommu for DeviceHandle {
             if local.generation == generation
                 && let Ok(found) = Iotlb::lookup(LocalGuard::Read(local), iova, length, access)
             {
+                self.hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(found);
             }
         }

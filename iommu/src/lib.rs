@@ -26,7 +26,7 @@ mod unit;
 pub use config::{Config, ConfigError};
 pub use handle::{DeviceHandle, DmaFault, LOCAL_CAPACITY};
 pub use translate::Access;
-pub use unit::{MsiMessage, MsiSender, RemappingUnit, Stats};
+pub use unit::{MsiMessage, MsiSender, RemappingUnit, Stats, StatsSnapshot};
 
 /// Guest memory as the unit reads it.
 pub type Memory = vm_memory::GuestMemoryMmap<()>;

@@ -1098,3 +1098,44 @@ fn a_walk_that_raced_with_an_invalidation_is_not_cached() {
         Ok(Mapping::Identity)
     ));
 }
+
+#[test]
+fn the_statistics_count_every_translation_including_the_handles_own_hits() {
+    use crate::{Access, StatsSnapshot};
+    let mut rig = Rig::new(Config::default());
+    rig.enable_qi();
+    let t = rig.context(SID, 1, 4);
+    rig.map(t, 4, 0x1000, 0x5000, 12, RW);
+    rig.enable_translation();
+    let h = rig.unit.attach(SID);
+    // A walk, then a hit in the handle's native cache, then one in its trait-path cache (after
+    // the walk that filled it).
+    h.translate_one(0x1000, Access::READ).unwrap();
+    h.translate_one(0x1800, Access::READ).unwrap();
+    dma(&h, 0x1000, 8, Permissions::Read).unwrap();
+    dma(&h, 0x1000, 8, Permissions::Read).unwrap();
+    let status = rig.alloc();
+    rig.submit(&[psi(1, 0x1000, 0, false), dsi(1), wait_sw(1, status)]);
+    assert!(h.translate_one(0x9000, Access::WRITE).is_err());
+    let s = rig.unit.snapshot();
+    assert_eq!(
+        s,
+        StatsSnapshot {
+            // Native walk, native hit, trait walk (an IOTLB hit in the unit), trait hit, fault.
+            translations: 5,
+            iotlb_hits: 3,
+            iotlb_misses: 2,
+            walks: 2,
+            inv_page: 1,
+            inv_domain: 1,
+            inv_wait: 1,
+            faults: 1,
+            ..StatsSnapshot::default()
+        }
+    );
+    assert_eq!(
+        s.to_string(),
+        "translations 5, iotlb hits 3, misses 2, walks 2, invalidations: context 0, global 0, \
+         domain 1, page 1, wait 1, faults 1"
+    );
+}

@@ -62,6 +62,54 @@ pub struct Stats {
     pub faults: AtomicU64,
 }
 
+/// The unit's counters at one moment, with the hits of the devices' own caches folded in: a
+/// translation answered by a device handle's cache counts as a translation and an IOTLB hit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Pages translated for devices.
+    pub translations: u64,
+    /// Translations answered from a cache (the unit's IOTLB or a device handle's).
+    pub iotlb_hits: u64,
+    /// Translations of translated contexts that the unit's IOTLB could not answer.
+    pub iotlb_misses: u64,
+    /// Second-level page walks.
+    pub walks: u64,
+    /// Context-cache invalidations.
+    pub inv_context: u64,
+    /// Global IOTLB invalidations.
+    pub inv_global: u64,
+    /// Domain-selective IOTLB invalidations.
+    pub inv_domain: u64,
+    /// Page-selective IOTLB invalidations.
+    pub inv_page: u64,
+    /// Invalidation wait descriptors.
+    pub inv_wait: u64,
+    /// Faults detected (recorded or not).
+    pub faults: u64,
+}
+
+/// One line: `translations 10, iotlb hits 8, misses 2, walks 2, invalidations: context 1,
+/// global 1, domain 0, page 3, wait 4, faults 1`.
+impl std::fmt::Display for StatsSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "translations {}, iotlb hits {}, misses {}, walks {}, invalidations: context {}, \
+             global {}, domain {}, page {}, wait {}, faults {}",
+            self.translations,
+            self.iotlb_hits,
+            self.iotlb_misses,
+            self.walks,
+            self.inv_context,
+            self.inv_global,
+            self.inv_domain,
+            self.inv_page,
+            self.inv_wait,
+            self.faults,
+        )
+    }
+}
+
 fn count(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
@@ -103,6 +151,8 @@ pub(crate) struct Inner {
     contexts: RwLock<ContextCache>,
     iotlb: RwLock<Iotlb>,
     pub stats: Stats,
+    /// Each attached handle's count of translations its own cache answered.
+    handle_hits: Mutex<Vec<Arc<AtomicU64>>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -120,6 +170,13 @@ impl Inner {
 
     fn bump(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A new counter of a device handle's cache hits, summed into the statistics.
+    pub fn hit_counter(&self) -> Arc<AtomicU64> {
+        let counter = Arc::new(AtomicU64::new(0));
+        lock(&self.handle_hits).push(counter.clone());
+        counter
     }
 
     pub fn send(&self, msgs: Vec<MsiMessage>) {
@@ -294,6 +351,7 @@ impl RemappingUnit {
             root_table: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             stats: Stats::default(),
+            handle_hits: Mutex::new(Vec::new()),
         };
         Ok(Self {
             inner: Arc::new(inner),
@@ -310,8 +368,27 @@ impl RemappingUnit {
         &self.inner.config
     }
 
-    /// The counters.
+    /// The unit's own counters (not counting the hits of the device handles' caches).
     pub fn stats(&self) -> &Stats {
         &self.inner.stats
+    }
+
+    /// All counters now, the device handles' cache hits included.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let s = &self.inner.stats;
+        let handle_hits: u64 = lock(&self.inner.handle_hits).iter().map(|c| n(c)).sum();
+        StatsSnapshot {
+            translations: n(&s.translations) + handle_hits,
+            iotlb_hits: n(&s.iotlb_hits) + handle_hits,
+            iotlb_misses: n(&s.iotlb_misses),
+            walks: n(&s.walks),
+            inv_context: n(&s.inv_context),
+            inv_global: n(&s.inv_global),
+            inv_domain: n(&s.inv_domain),
+            inv_page: n(&s.inv_page),
+            inv_wait: n(&s.inv_wait),
+            faults: n(&s.faults),
+        }
     }
 }

@@ -59,6 +59,18 @@ pub struct Cli {
     #[arg(long = "disk", value_name = "path=FILE[,readonly=on]", value_parser = parse_disk)]
     pub disks: Vec<DiskConfig>,
 
+    /// Put an Intel VT-d DMA-remapping unit at 0xfed90000 (described by an ACPI DMAR table) in
+    /// front of every PCI device. Options, comma-separated, defaults first:
+    /// aw-bits=48|39 (guest address width: 48 walks 3- and 4-level tables, 39 only 3-level);
+    /// caching-mode=off|on (CAP.CM: the guest must invalidate after every map, as for vfio);
+    /// qi=on|off (queued invalidation; off leaves register-based only);
+    /// pt=on|off (pass-through contexts, for iommu=pt);
+    /// superpages=on|2m|off (2 MiB and 1 GiB, 2 MiB only, or no large pages);
+    /// fault-records=8 (fault recording registers, 1-128).
+    /// At exit and on SIGUSR1 the VMM prints one line of the unit's statistics on stderr.
+    #[arg(long, value_name = "OPTIONS", num_args = 0..=1, default_missing_value = "", value_parser = parse_iommu)]
+    pub iommu: Option<iommu::Config>,
+
     /// Stop the guest after this many seconds and exit with status 124.
     #[arg(long, value_name = "SECONDS")]
     pub timeout: Option<f64>,
@@ -101,6 +113,58 @@ fn parse_disk(s: &str) -> Result<DiskConfig, String> {
     }
     let path = path.ok_or("missing path=FILE")?;
     Ok(DiskConfig { path, readonly })
+}
+
+fn on_off(key: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{key}={value}: expected on or off")),
+    }
+}
+
+/// Parses the `--iommu` options into the unit's configuration.
+pub fn parse_iommu(s: &str) -> Result<iommu::Config, String> {
+    let mut config = iommu::Config::default();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        let (key, value) = part
+            .split_once('=')
+            .ok_or_else(|| format!("'{part}': expected OPTION=VALUE"))?;
+        match key {
+            "aw-bits" => {
+                config.aw_bits = match value {
+                    "39" => 39,
+                    "48" => 48,
+                    _ => return Err(format!("aw-bits={value}: expected 39 or 48")),
+                }
+            }
+            "caching-mode" => config.caching_mode = on_off(key, value)?,
+            "qi" => config.queued_invalidation = on_off(key, value)?,
+            "pt" => config.pass_through = on_off(key, value)?,
+            "superpages" => {
+                (config.superpages_2m, config.superpages_1g) = match value {
+                    "on" => (true, true),
+                    "2m" => (true, false),
+                    "off" => (false, false),
+                    _ => return Err(format!("superpages={value}: expected on, 2m or off")),
+                }
+            }
+            "fault-records" => {
+                config.fault_records = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=128).contains(n))
+                    .ok_or_else(|| format!("fault-records={value}: expected 1 to 128"))?
+            }
+            _ => {
+                return Err(format!(
+                    "unknown option '{key}' (aw-bits, caching-mode, qi, pt, superpages, fault-records)"
+                ));
+            }
+        }
+    }
+    config.validate().map_err(|e| e.to_string())?;
+    Ok(config)
 }
 
 /// Destination of the guest's serial output.
@@ -190,6 +254,42 @@ mod tests {
     }
 
     #[test]
+    fn iommu_options() {
+        let c =
+            parse_iommu("aw-bits=39,caching-mode=on,qi=off,pt=off,superpages=2m,fault-records=128")
+                .unwrap();
+        assert_eq!(
+            c,
+            iommu::Config {
+                aw_bits: 39,
+                caching_mode: true,
+                queued_invalidation: false,
+                pass_through: false,
+                superpages_2m: true,
+                superpages_1g: false,
+                fault_records: 128,
+                ..iommu::Config::default()
+            }
+        );
+        assert_eq!(parse_iommu(""), Ok(iommu::Config::default()));
+        let off = parse_iommu("superpages=off").unwrap();
+        assert!(!off.superpages_2m && !off.superpages_1g);
+        for (bad, says) in [
+            ("aw-bits=57", "aw-bits=57: expected 39 or 48"),
+            ("caching-mode=yes", "caching-mode=yes: expected on or off"),
+            ("fault-records=0", "fault-records=0: expected 1 to 128"),
+            ("fault-records=x", "fault-records=x: expected 1 to 128"),
+            ("superpages=1g", "superpages=1g: expected on, 2m or off"),
+            ("qi", "'qi': expected OPTION=VALUE"),
+            ("ir=on", "unknown option 'ir'"),
+        ] {
+            let err = parse_iommu(bad).unwrap_err();
+            assert!(err.starts_with(says), "{bad}: {err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+    }
+
+    #[test]
     fn command_line_parses_and_rejects() {
         let cli =
             Cli::try_parse_from(["vmm", "--kernel", "k", "--cpus", "4", "--memory", "6G"]).unwrap();
@@ -236,6 +336,15 @@ mod tests {
             assert!(parse_disk(bad).is_err(), "{bad}");
         }
         let neg = Cli::try_parse_from(["vmm", "--kernel", "k", "--timeout=-1"]).unwrap();
+        assert!(neg.iommu.is_none());
+        let plain = Cli::try_parse_from(["vmm", "--iommu", "--kernel", "k"]).unwrap();
+        assert_eq!(plain.iommu, Some(iommu::Config::default()));
+        let set = Cli::try_parse_from(["vmm", "--kernel", "k", "--iommu", "aw-bits=39,qi=off"])
+            .unwrap()
+            .iommu
+            .unwrap();
+        assert_eq!((set.aw_bits, set.queued_invalidation), (39, false));
+        assert!(Cli::try_parse_from(["vmm", "--kernel", "k", "--iommu", "aw-bits=57"]).is_err());
         assert!(neg.timeout().is_err());
     }
 }

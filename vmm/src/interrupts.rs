@@ -1,18 +1,42 @@
 //! Interrupt delivery for devices through KVM: MSI and MSI-X vectors as GSI routes with irqfds,
-//! INTx lines as IOAPIC pins with KVM_IRQ_LINE; and device doorbells as ioeventfds.
+//! INTx lines as IOAPIC pins with KVM_IRQ_LINE, the VT-d unit's event interrupts with
+//! KVM_SIGNAL_MSI; and device doorbells as ioeventfds.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use devices::{InterruptLine, IoEvents, MsiVectors};
-use iommu::MsiMessage;
+use iommu::{MsiMessage, MsiSender};
 use kvm_bindings::{
     KVM_IRQ_ROUTING_MSI, KvmIrqRouting, kvm_irq_routing_entry, kvm_irq_routing_entry__bindgen_ty_1,
-    kvm_irq_routing_msi,
+    kvm_irq_routing_msi, kvm_msi,
 };
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+/// Sends the remapping unit's fault-event and invalidation-event MSIs into the in-kernel local
+/// APICs. They are rare and their address and data change with each register write, so each is
+/// signalled directly rather than through a GSI route.
+#[derive(Debug)]
+pub struct KvmMsi {
+    /// The VM.
+    pub vm: Arc<VmFd>,
+}
+
+impl MsiSender for KvmMsi {
+    fn send(&self, msg: MsiMessage) {
+        let msi = kvm_msi {
+            address_lo: msg.address as u32,
+            address_hi: (msg.address >> 32) as u32,
+            data: msg.data,
+            ..Default::default()
+        };
+        if let Err(e) = self.vm.signal_msi(msi) {
+            log::warn!("VT-d event interrupt {msg:x?} not delivered: {e}");
+        }
+    }
+}
 
 /// The VM's GSI routing table: the PC's fixed routes (legacy IRQs to the PIC and IOAPIC pins)
 /// plus one MSI route per device vector. KVM replaces the whole table on each update, so the

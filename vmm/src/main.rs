@@ -61,6 +61,7 @@ fn main() {
         serial: cli.serial,
         devices: cli.devices,
         disks: cli.disks,
+        iommu: cli.iommu,
         timeout,
     };
     let outcome = match vm::run(&config) {

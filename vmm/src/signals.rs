@@ -1,7 +1,7 @@
 //! Terminating signals (SIGTERM, SIGINT, SIGHUP) stop the VM in order, like a guest exit: every
 //! vCPU thread is stopped and the terminal restored before the VMM exits with 128 + the signal.
-//! The handler only records the signal and writes to an event fd, both async-signal-safe; the event
-//! loop does the rest.
+//! SIGUSR1 prints the IOMMU's statistics. The handlers only record the signal and write to an event
+//! fd, both async-signal-safe; the event loop does the rest.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -20,15 +20,27 @@ static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
 /// The last terminating signal received.
 static SIGNAL: AtomicI32 = AtomicI32::new(0);
 
-extern "C" fn on_signal(signo: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    SIGNAL.store(signo, Ordering::SeqCst);
-    let fd = WAKE_FD.load(Ordering::SeqCst);
+/// The event fd the SIGUSR1 handler writes to, or -1 while no stats watcher exists.
+static STATS_FD: AtomicI32 = AtomicI32::new(-1);
+
+/// Signals the event fd in `fd`, if any; async-signal-safe.
+fn wake(fd: &AtomicI32) {
+    let fd = fd.load(Ordering::SeqCst);
     if fd >= 0 {
         let one = 1u64.to_ne_bytes();
         // SAFETY: write(2) is async-signal-safe; the buffer is 8 valid bytes, as an event fd wants.
         // A failed write (the counter cannot overflow here) only loses a wake-up.
         unsafe { libc::write(fd, one.as_ptr().cast(), one.len()) };
     }
+}
+
+extern "C" fn on_signal(signo: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    SIGNAL.store(signo, Ordering::SeqCst);
+    wake(&WAKE_FD);
+}
+
+extern "C" fn on_usr1(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    wake(&STATS_FD);
 }
 
 /// Turns terminating signals into [`Outcome::Signal`] from the event loop.
@@ -67,6 +79,49 @@ impl MutEventSubscriber for SignalWatcher {
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = ops.add(Events::new(&self.wake, EventSet::IN)) {
             log::error!("cannot watch for signals: {e:?}");
+        }
+    }
+}
+
+/// Runs `report` from the event loop each time the VMM receives SIGUSR1.
+pub struct StatsSignal {
+    wake: EventFd,
+    report: Box<dyn Fn() + Send>,
+}
+
+impl std::fmt::Debug for StatsSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatsSignal").finish_non_exhaustive()
+    }
+}
+
+impl StatsSignal {
+    /// Installs the SIGUSR1 handler; it reports while the watcher lives.
+    pub fn install(report: Box<dyn Fn() + Send>) -> io::Result<Self> {
+        let wake = EventFd::new(EFD_NONBLOCK)?;
+        STATS_FD.store(wake.as_raw_fd(), Ordering::SeqCst);
+        register_signal_handler(libc::SIGUSR1, on_usr1)
+            .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+        Ok(Self { wake, report })
+    }
+}
+
+impl Drop for StatsSignal {
+    fn drop(&mut self) {
+        STATS_FD.store(-1, Ordering::SeqCst);
+    }
+}
+
+impl MutEventSubscriber for StatsSignal {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        // Several signals before the loop runs make one report.
+        let _ = self.wake.read();
+        (self.report)();
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.wake, EventSet::IN)) {
+            log::error!("cannot watch for SIGUSR1: {e:?}");
         }
     }
 }

@@ -19,7 +19,9 @@ use devices::legacy::{
 use devices::pci::{ConfigAddressPort, EcamWindow, PciRoot, SharedPciDevice};
 use devices::virtio::block::Block;
 use devices::virtio::pci::VirtioPci;
+use devices::vtd::IommuRegisters;
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use iommu::RemappingUnit;
 use kvm_bindings::{
     KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
     KVM_PIT_SPEAKER_DUMMY, kvm_irq_routing_entry, kvm_irq_routing_entry__bindgen_ty_1,
@@ -32,9 +34,9 @@ use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 use crate::cli::{DeviceKind, DiskConfig, SerialOutput};
 use crate::console::{ExitWatcher, RawTerminal, StdinInput, serial_output};
-use crate::interrupts::{GsiRouter, KvmIoEvents, KvmIrqLine, KvmMsiVectors};
+use crate::interrupts::{GsiRouter, KvmIoEvents, KvmIrqLine, KvmMsi, KvmMsiVectors};
 use crate::outcome::{ExitLatch, Outcome};
-use crate::signals::SignalWatcher;
+use crate::signals::{SignalWatcher, StatsSignal};
 use crate::vcpu;
 
 /// What to run.
@@ -56,6 +58,8 @@ pub struct VmConfig {
     pub devices: Vec<DeviceKind>,
     /// virtio-blk disks to attach.
     pub disks: Vec<DiskConfig>,
+    /// The VT-d unit in front of the PCI devices, if any.
+    pub iommu: Option<iommu::Config>,
     /// Wall-clock limit.
     pub timeout: Option<Duration>,
 }
@@ -134,6 +138,9 @@ pub enum Error {
     /// A device's interrupts could not be wired.
     #[error("cannot wire a device's interrupts: {0}")]
     Interrupts(String),
+    /// The remapping unit could not be built.
+    #[error("--iommu: {0}")]
+    Iommu(#[from] iommu::ConfigError),
     /// A device could not be placed on a bus.
     #[error("cannot register a device: {0}")]
     Bus(#[from] devices::BusError),
@@ -198,7 +205,10 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
         });
     }
 
-    let layout = MemoryLayout::new(config.memory);
+    let layout = match config.iommu {
+        Some(_) => MemoryLayout::new(config.memory).with_iommu(),
+        None => MemoryLayout::new(config.memory),
+    };
     let ranges: Vec<_> = layout
         .ram_ranges()
         .into_iter()
@@ -213,7 +223,12 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
     let vm = Arc::new(kvm.create_vm().map_err(kvm_err("create the VM"))?);
     let router = set_up_platform(&vm, &mem)?;
 
-    let tables = arch::acpi::Tables::build(usize::from(config.cpus), &layout, &[])?;
+    let dmar: Vec<Vec<u8>> = config
+        .iommu
+        .iter()
+        .map(|c| arch::acpi::dmar(c.aw_bits, layout::IOMMU_BASE))
+        .collect();
+    let tables = arch::acpi::Tables::build(usize::from(config.cpus), &layout, &dmar)?;
     let rsdp = tables.write(&mem)?;
     let entry = load_kernel(config, &mut files, &mem, &layout, rsdp)?;
 
@@ -224,11 +239,20 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
     let pio = Arc::new(Bus::new());
     let mmio = Arc::new(Bus::new());
     let (serial, rx_drained) = add_legacy_devices(&vm, &pio, &latch, &config.serial)?;
+    let unit = config
+        .iommu
+        .clone()
+        .map(|c| add_iommu(c, &vm, &mem, &mmio))
+        .transpose()?;
     let disks = std::mem::take(&mut files.disks)
         .into_iter()
         .zip(&config.disks)
         .collect();
-    let workers = add_pci(&vm, &router, &mem, (&pio, &mmio), &config.devices, disks)?;
+    let dma = DmaSource {
+        mem: mem.clone(),
+        unit: unit.clone(),
+    };
+    let workers = add_pci(&vm, &router, &dma, (&pio, &mmio), &config.devices, disks)?;
 
     let supported = kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
@@ -287,10 +311,14 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
         wake,
         (serial, rx_drained),
         workers,
+        unit.clone(),
         &config.serial,
         config.timeout,
     );
     let (positions, all_stopped) = stop_vcpus(threads);
+    if let Some(unit) = &unit {
+        report_iommu_stats(unit);
+    }
     if outcome == Outcome::Timeout {
         let report: String = positions.iter().map(|p| format!("vmm:   {p}\n")).collect();
         let _ = std::io::stderr().write_all(report.as_bytes());
@@ -490,17 +518,62 @@ fn add_legacy_devices(
     Ok((serial, drained))
 }
 
+/// The VT-d unit over guest memory, its event interrupts sent through KVM, its register page on
+/// the MMIO bus.
+fn add_iommu(
+    config: iommu::Config,
+    vm: &Arc<VmFd>,
+    mem: &Arc<GuestMemoryMmap>,
+    mmio: &Bus,
+) -> Result<RemappingUnit, Error> {
+    if !vm.check_extension(Cap::SignalMsi) {
+        return Err(Error::MissingCap(Cap::SignalMsi));
+    }
+    let unit = RemappingUnit::new(config, mem.clone(), Arc::new(KvmMsi { vm: vm.clone() }))?;
+    mmio.insert(
+        layout::IOMMU_BASE,
+        layout::IOMMU_SIZE,
+        Arc::new(Mutex::new(IommuRegisters(unit.clone()))),
+    )?;
+    Ok(unit)
+}
+
+/// The unit's statistics line, on stderr.
+fn report_iommu_stats(unit: &RemappingUnit) {
+    let _ = writeln!(std::io::stderr(), "vmm: iommu: {}", unit.snapshot());
+}
+
+/// Where devices' DMA handles come from: guest memory, or the remapping unit in front of it.
+struct DmaSource {
+    mem: Arc<GuestMemoryMmap>,
+    unit: Option<RemappingUnit>,
+}
+
+impl DmaSource {
+    /// The handle of the function at `requester_id`, resolved once for the device's lifetime.
+    fn handle(&self, requester_id: u16) -> DmaHandle {
+        match &self.unit {
+            None => DmaHandle::Direct(self.mem.clone()),
+            Some(unit) => DmaHandle::Remapped {
+                mem: self.mem.clone(),
+                iommu: Arc::new(unit.attach(requester_id)),
+            },
+        }
+    }
+}
+
 /// What serves devices' queues on the event loop.
 type Worker = Box<dyn MutEventSubscriber + Send>;
 
 /// The PCI root complex: the host bridge, the devices the command line asks for (edu devices, then
 /// disks; BARs placed in the 32-bit window, INTx on the IOAPIC pins the _PRT names, MSI/MSI-X vectors as GSI
-/// routes with irqfds, each device with its DMA handle), configuration mechanism #1 at 0xcf8 and
-/// the ECAM window that the MCFG table describes. Returns the devices' workers.
+/// routes with irqfds, each device with the DMA handle of its requester id), configuration
+/// mechanism #1 at 0xcf8 and the ECAM window that the MCFG table describes. Returns the devices'
+/// workers.
 fn add_pci(
     vm: &Arc<VmFd>,
     router: &Arc<GsiRouter>,
-    mem: &Arc<GuestMemoryMmap>,
+    dma: &DmaSource,
     (pio, mmio): (&Arc<Bus>, &Arc<Bus>),
     kinds: &[DeviceKind],
     disks: Vec<(File, &DiskConfig)>,
@@ -513,13 +586,15 @@ fn add_pci(
     let io_events: Arc<dyn devices::IoEvents> = Arc::new(KvmIoEvents { vm: vm.clone() });
     // One count per IOAPIC pin: devices sharing a pin keep it asserted while any of them does.
     let pins: Vec<Arc<Mutex<u32>>> = (0..layout::PCI_INTX_GSIS).map(|_| Arc::default()).collect();
-    // INTA of the device about to take the next slot, on the pin the DSDT's _PRT names.
-    let intx = |root: &PciRoot| -> Result<_, Error> {
+    // For the device about to take the next slot (function 0 of bus 0): its INTA on the pin the
+    // DSDT's _PRT names, and its DMA handle.
+    let next = |root: &PciRoot| -> Result<_, Error> {
         let slot = root.next_slot().ok_or(devices::pci::PciError::BusFull)?;
         let gsi = layout::pci_intx_gsi(slot, 0);
         let index = (gsi - layout::PCI_INTX_FIRST_GSI) as usize;
         let pin = pins.get(index).cloned().unwrap_or_default();
-        Ok((gsi, Arc::new(KvmIrqLine::new(vm.clone(), gsi, pin))))
+        let line = Arc::new(KvmIrqLine::new(vm.clone(), gsi, pin));
+        Ok((gsi, line, dma.handle(u16::from(slot) << 3)))
     };
     let vectors = |count: u16| -> Result<Arc<KvmMsiVectors>, Error> {
         Ok(Arc::new(
@@ -528,18 +603,14 @@ fn add_pci(
     };
     let mut workers: Vec<Worker> = Vec::new();
     for kind in kinds {
-        let (gsi, line) = intx(&root)?;
+        let (gsi, line, dma) = next(&root)?;
         let device: SharedPciDevice = match kind {
-            DeviceKind::Edu => Arc::new(Mutex::new(Edu::new(
-                DmaHandle::Direct(mem.clone()),
-                vectors(1)?,
-                line,
-            ))),
+            DeviceKind::Edu => Arc::new(Mutex::new(Edu::new(dma, vectors(1)?, line))),
         };
         root.add(device, Some(gsi as u8))?;
     }
     for (file, disk) in disks {
-        let (gsi, line) = intx(&root)?;
+        let (gsi, line, dma) = next(&root)?;
         let id = disk
             .path
             .file_name()
@@ -550,14 +621,8 @@ fn add_pci(
             source,
         })?;
         let count = VirtioPci::vectors_for(&block);
-        let (device, worker) = VirtioPci::new(
-            block,
-            DmaHandle::Direct(mem.clone()),
-            vectors(count)?,
-            line,
-            io_events.clone(),
-        )
-        .map_err(host_err("create a virtio device"))?;
+        let (device, worker) = VirtioPci::new(block, dma, vectors(count)?, line, io_events.clone())
+            .map_err(host_err("create a virtio device"))?;
         root.add(Arc::new(Mutex::new(device)), Some(gsi as u8))?;
         workers.push(Box::new(worker));
     }
@@ -582,6 +647,7 @@ fn wait_for_end(
     wake: EventFd,
     (serial, rx_drained): (Arc<Mutex<Serial>>, EventFd),
     workers: Vec<Worker>,
+    unit: Option<RemappingUnit>,
     serial_out: &SerialOutput,
     timeout: Option<Duration>,
 ) -> Outcome {
@@ -600,6 +666,14 @@ fn wait_for_end(
             events.add_subscriber(Box::new(watcher));
         }
         Err(e) => log::warn!("terminating signals will not stop the VM in order: {e}"),
+    }
+    if let Some(unit) = unit {
+        match StatsSignal::install(Box::new(move || report_iommu_stats(&unit))) {
+            Ok(watcher) => {
+                events.add_subscriber(Box::new(watcher));
+            }
+            Err(e) => log::warn!("SIGUSR1 will not print the IOMMU statistics: {e}"),
+        }
     }
     if *serial_out == SerialOutput::Stdout {
         match StdinInput::new(serial, rx_drained, latch.clone()) {

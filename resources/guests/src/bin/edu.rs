@@ -6,6 +6,7 @@
 #![no_std]
 #![no_main]
 
+use guests::rt::edu::Edu;
 use guests::rt::pci::{config_read32, config_write32};
 use guests::rt::{self, lapic};
 use guests::{fail, println};
@@ -16,21 +17,6 @@ const MSI_VECTOR: u8 = 0x50;
 const INTX_VECTOR: u8 = 0x51;
 const IOAPIC: u64 = 0xfec0_0000;
 
-fn r32(bar: u64, off: u64) -> u32 {
-    // SAFETY: BAR0 of the edu device, identity-mapped device memory below 4 GiB.
-    unsafe { rt::mmio_read32(bar + off) }
-}
-
-fn w32(bar: u64, off: u64, v: u32) {
-    // SAFETY: as above.
-    unsafe { rt::mmio_write32(bar + off, v) }
-}
-
-fn w64(bar: u64, off: u64, v: u64) {
-    // SAFETY: as above; the DMA registers from 0x80 take 64-bit accesses.
-    unsafe { rt::mmio_write64(bar + off, v) }
-}
-
 fn ioapic_write(reg: u32, v: u32) {
     // SAFETY: the IOAPIC's index and data registers, identity-mapped.
     unsafe {
@@ -39,18 +25,11 @@ fn ioapic_write(reg: u32, v: u32) {
     }
 }
 
-/// Runs a transfer and waits for it (bit 0 of the command register).
-fn dma(bar: u64, src: u64, dst: u64, count: u64, cmd: u64) {
-    w64(bar, 0x80, src);
-    w64(bar, 0x88, dst);
-    w64(bar, 0x90, count);
-    w64(bar, 0x98, cmd | 1);
-    for _ in 0..1_000_000 {
-        if r32(bar, 0x98) & 1 == 0 {
-            return;
-        }
+/// Runs a transfer and waits for it.
+fn dma(edu: &Edu, src: u64, dst: u64, count: u64, cmd: u64) {
+    if !edu.dma(src, dst, count, cmd) {
+        fail!("DMA did not complete");
     }
-    fail!("DMA did not complete");
 }
 
 /// Bytes per transfer.
@@ -82,23 +61,24 @@ fn main() -> ! {
     }
     // As a driver does: bus mastering on before any DMA (firmware need not have done it).
     config_write32(dev, 0x04, command | 0x4);
+    let edu = Edu { dev, bar };
 
-    if r32(bar, 0x00) != 0x0100_00ed {
-        fail!("identification {:#x}", r32(bar, 0));
+    if edu.r32(0x00) != 0x0100_00ed {
+        fail!("identification {:#x}", edu.r32(0));
     }
-    w32(bar, 0x04, 0x1234_5678);
-    if r32(bar, 0x04) != !0x1234_5678 {
+    edu.w32(0x04, 0x1234_5678);
+    if edu.r32(0x04) != !0x1234_5678 {
         fail!("liveness");
     }
-    w32(bar, 0x08, 12);
+    edu.w32(0x08, 12);
     // The device may compute in the background: status bit 0 says so.
     for _ in 0..10_000_000 {
-        if r32(bar, 0x20) & 1 == 0 {
+        if edu.r32(0x20) & 1 == 0 {
             break;
         }
     }
-    if r32(bar, 0x08) != 479_001_600 {
-        fail!("factorial of 12: {}", r32(bar, 0x08));
+    if edu.r32(0x08) != 479_001_600 {
+        fail!("factorial of 12: {}", edu.r32(0x08));
     }
 
     // DMA both ways through guest memory. 3 KiB, not the whole 4 KiB buffer: QEMU 7.2's edu
@@ -113,8 +93,8 @@ fn main() -> ! {
     for (i, b) in src.iter_mut().enumerate() {
         *b = (i * 7 + 3) as u8;
     }
-    dma(bar, src.as_ptr() as u64, 0x40000, LEN as u64, 0);
-    dma(bar, 0x40000, dst.as_mut_ptr() as u64, LEN as u64, 2);
+    dma(&edu, src.as_ptr() as u64, 0x40000, LEN as u64, 0);
+    dma(&edu, 0x40000, dst.as_mut_ptr() as u64, LEN as u64, 2);
     // SAFETY: the device wrote DST behind the compiler's back; read it afresh.
     let dst_view = unsafe { core::ptr::read_volatile(core::ptr::addr_of!(DST)) };
     let (got, want) = (checksum(&dst_view[..LEN]), checksum(&src[..LEN]));
@@ -135,15 +115,15 @@ fn main() -> ! {
     config_write32(dev, cap, config_read32(dev, cap) | (1 << 16));
     let before = rt::interrupt_count(MSI_VECTOR);
     rt::sti();
-    dma(bar, src.as_ptr() as u64, 0x40000, 16, 4);
+    dma(&edu, src.as_ptr() as u64, 0x40000, 16, 4);
     if !rt::wait_for_interrupt(MSI_VECTOR, before, 100_000_000) {
         fail!("no MSI after DMA");
     }
     rt::cli();
-    if r32(bar, 0x24) & 0x100 == 0 {
+    if edu.r32(0x24) & 0x100 == 0 {
         fail!("interrupt status lacks the DMA bit");
     }
-    w32(bar, 0x64, 0x100);
+    edu.w32(0x64, 0x100);
     println!("msi: vector {:#x} received", MSI_VECTOR);
 
     // INTx through the IOAPIC: MSI off, the pin level-triggered to INTX_VECTOR. Raised and
@@ -152,8 +132,8 @@ fn main() -> ! {
     ioapic_write(0x11 + 2 * line, lapic::id() << 24);
     ioapic_write(0x10 + 2 * line, u32::from(INTX_VECTOR) | (1 << 15));
     let before = rt::interrupt_count(INTX_VECTOR);
-    w32(bar, 0x60, 0x1);
-    w32(bar, 0x64, 0x1);
+    edu.w32(0x60, 0x1);
+    edu.w32(0x64, 0x1);
     rt::sti();
     if !rt::wait_for_interrupt(INTX_VECTOR, before, 100_000_000) {
         fail!("no INTx interrupt on IOAPIC pin {}", line);

@@ -5,6 +5,7 @@ use core::fmt;
 use core::sync::atomic::Ordering;
 
 pub mod acpi;
+pub mod edu;
 pub mod io;
 pub mod lapic;
 pub mod mem;
@@ -15,6 +16,7 @@ pub mod serial;
 pub mod smp;
 pub mod sys;
 pub mod time;
+pub mod vtd;
 
 pub use io::{cli, inb, inl, inw, outb, outl, outw, sti};
 pub use io::{mmio_read8, mmio_read16, mmio_read32, mmio_read64};
