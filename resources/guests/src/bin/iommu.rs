@@ -13,9 +13,9 @@
 
 use core::ptr::{read_volatile, write_bytes};
 
+use guests::rt;
 use guests::rt::edu::Edu;
 use guests::rt::vtd::{self, Flush, Invalidation, Vtd, reason};
-use guests::rt::{self, lapic, multiboot};
 use guests::{fail, println};
 
 guests::entry!(main);
@@ -63,26 +63,6 @@ struct Setup {
     a: u64,
     b: u64,
     probe: u64,
-}
-
-fn options() -> (u8, u32, Invalidation) {
-    let levels = match multiboot::cmdline_value("levels") {
-        None | Some("4") => 4,
-        Some("3") => 3,
-        Some(v) => fail!("levels={}: expected 3 or 4", v),
-    };
-    let shift = match multiboot::cmdline_value("page") {
-        None | Some("4k") => 12,
-        Some("2m") => 21,
-        Some("1g") => 30,
-        Some(v) => fail!("page={}: expected 4k, 2m or 1g", v),
-    };
-    let inv = match multiboot::cmdline_value("inv") {
-        None | Some("qi") => Invalidation::Queued,
-        Some("reg") => Invalidation::Register,
-        Some(v) => fail!("inv={}: expected qi or reg", v),
-    };
-    (levels, shift, inv)
 }
 
 /// What the device reads at `iova`: its first byte, after checking the whole page agrees.
@@ -141,34 +121,11 @@ fn expect_fault(v: &Vtd, edu: &Edu, events_before: u32, iova: u64, why: u8, read
 }
 
 fn main() -> ! {
-    let (levels, shift, inv) = options();
-    let Some((haw, base, flags)) = Vtd::find() else {
+    let opts = vtd::Options::from_cmdline();
+    let (levels, shift, inv) = (opts.levels, opts.shift, opts.inv);
+    let Some(mut v) = Vtd::start(&opts) else {
         fail!("no DMAR table")
     };
-    println!(
-        "dmar: host address width {} drhd {:#x} flags {:#x}",
-        haw, base, flags
-    );
-    let mut v = Vtd::new(base, haw, inv, levels);
-    let ver = v.r32(vtd::reg::VER);
-    println!(
-        "vtd: ver {}:{} cap {:#x} ecap {:#x}; {}-level tables, {} KiB leaves, {} invalidation, caching mode {}",
-        (ver >> 4) & 0xf,
-        ver & 0xf,
-        v.cap,
-        v.ecap,
-        levels,
-        (1u64 << shift) >> 10,
-        if inv == Invalidation::Queued {
-            "queued"
-        } else {
-            "register"
-        },
-        if v.caching_mode() { "on" } else { "off" }
-    );
-    if !v.supports_leaf(shift) {
-        fail!("leaves of {} KiB not in SLLPS", (1u64 << shift) >> 10);
-    }
     let size = 1u64 << shift;
     let a = (64u64 << 20).next_multiple_of(size);
     let s = Setup {
@@ -181,13 +138,9 @@ fn main() -> ! {
         fail!("no edu device (1234:11e8)")
     };
 
-    // Linux's order: queue on, fault events on, tables, root pointer, global flushes, TE.
-    lapic::enable();
+    // Linux's order: queue on, fault events on (Vtd::start), tables, root pointer, global
+    // flushes, TE.
     rt::sti();
-    if inv == Invalidation::Queued {
-        v.enable_qi();
-    }
-    v.enable_events();
     let devfn = edu.source_id() as u8;
     let table = v.translated_context(devfn, DOMAIN);
     let window = SCRATCH & !(size - 1);

@@ -5,15 +5,22 @@
 //! (buffers outside RAM, a descriptor loop, buffers in the wrong direction, an oversize segment, a
 //! read past the end) that must fail with IOERR while the device keeps serving.
 //!
-//! Command line: `sectors=N sum=0xFNV write_sector=S serial=ID` (checksum: FNV-1a of the image).
+//! With `iommu=on` it first programs the VT-d unit as Linux does (rt::vtd; `levels=`, `page=`,
+//! `inv=` choose the tables and invalidation) and gives the device IOVAs (guest-physical plus
+//! 64 GiB) for its rings, descriptors and buffers; then a buffer at an unmapped IOVA, and one whose
+//! mapping was removed and invalidated, must fail with IOERR and a recorded fault.
+//!
+//! Command line: `sectors=N sum=0xFNV write_sector=S [iommu=on levels=L page=P inv=I]`
+//! (checksum: FNV-1a of the image).
 
 #![no_std]
 #![no_main]
 
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
-use core::sync::atomic::{Ordering, fence};
+use core::sync::atomic::{AtomicU64, Ordering, fence};
 
 use guests::rt::pci::{config_read32, config_write32};
+use guests::rt::vtd::{self, Flush, Vtd};
 use guests::rt::{self, lapic, multiboot};
 use guests::{fail, println};
 
@@ -24,6 +31,7 @@ const QUEUE_SIZE: u16 = 16;
 /// Bytes per read while checksumming the disk.
 const CHUNK: usize = 4096;
 const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+const VIRTIO_F_ACCESS_PLATFORM: u64 = 1 << 33;
 const VIRTIO_BLK_F_SIZE_MAX: u64 = 1 << 1;
 const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
 const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
@@ -41,6 +49,22 @@ struct Buffer([u8; 2 * CHUNK]);
 static mut BUF: Buffer = Buffer([0; 2 * CHUNK]);
 static mut HEADER: [u64; 2] = [0; 2];
 static mut STATUS: u8 = 0;
+/// A page the device reaches through a second IOVA, unmapped on purpose later.
+#[repr(C, align(4096))]
+struct Page([u8; 4096]);
+static mut SPARE: Page = Page([0; 4096]);
+
+/// Behind the IOMMU, device addresses are guest-physical plus this (0 without it).
+static IOVA_OFFSET: AtomicU64 = AtomicU64::new(0);
+const IOVA_BASE: u64 = 1 << 36;
+/// Where SPARE's leaf is mapped a second time.
+const SPARE_IOVA: u64 = 1 << 37;
+const DOMAIN: u16 = 1;
+
+/// The device's address of guest-physical `addr`.
+fn io(addr: u64) -> u64 {
+    addr + IOVA_OFFSET.load(Ordering::Relaxed)
+}
 
 /// The device's BAR0 structures.
 struct Device {
@@ -173,7 +197,8 @@ impl Queue {
         len
     }
 
-    /// A request of `kind` at `sector` with data segments `data` ((addr, len, writable)):
+    /// A request of `kind` at `sector` with data segments `data` ((device address, len,
+    /// writable)):
     /// header, data, status in descriptors 0.. . Returns (status, used length).
     fn request(
         &mut self,
@@ -187,22 +212,23 @@ impl Queue {
             write_volatile(addr_of_mut!(HEADER), [u64::from(kind), sector]);
             write_volatile(addr_of_mut!(STATUS), 0xff);
         }
-        self.desc(0, addr_of!(HEADER) as u64, 16, DESC_NEXT, 1);
+        self.desc(0, io(addr_of!(HEADER) as u64), 16, DESC_NEXT, 1);
         let mut i = 1u16;
         for &(addr, len, writable) in data {
             let flags = DESC_NEXT | if writable { DESC_WRITE } else { 0 };
             self.desc(i, addr, len, flags, i + 1);
             i += 1;
         }
-        self.desc(i, addr_of!(STATUS) as u64, 1, DESC_WRITE, 0);
+        self.desc(i, io(addr_of!(STATUS) as u64), 1, DESC_WRITE, 0);
         let len = self.run(dev, 0);
         // SAFETY: written by the device before it returned the chain.
         (unsafe { read_volatile(addr_of!(STATUS)) }, len)
     }
 }
 
+/// BUF's device address.
 fn buf() -> u64 {
-    addr_of!(BUF) as u64
+    io(addr_of!(BUF) as u64)
 }
 
 fn buffer() -> &'static [u8] {
@@ -294,6 +320,7 @@ fn main() -> ! {
     let want_sum = hex_arg("sum") as u32;
     let write_sector = hex_arg("write_sector");
     let (pci, dev, msix_cap) = find_device();
+    let iommu = (multiboot::cmdline_value("iommu") == Some("on")).then(|| behind_iommu(pci));
 
     // Initialisation (virtio 1.2, 3.1.1).
     dev.w8(0x14, 0);
@@ -309,8 +336,14 @@ fn main() -> ! {
     if offered & VIRTIO_F_VERSION_1 == 0 {
         fail!("VERSION_1 not offered: {:#x}", offered);
     }
+    // ACCESS_PLATFORM, when offered, is accepted as Linux does: the device's addresses are then
+    // translated by the platform's IOMMU.
     let wanted = offered
-        & (VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_FLUSH | VIRTIO_BLK_F_SEG_MAX | VIRTIO_BLK_F_SIZE_MAX);
+        & (VIRTIO_F_VERSION_1
+            | VIRTIO_F_ACCESS_PLATFORM
+            | VIRTIO_BLK_F_FLUSH
+            | VIRTIO_BLK_F_SEG_MAX
+            | VIRTIO_BLK_F_SIZE_MAX);
     for (select, half) in [(0, wanted as u32), (1, (wanted >> 32) as u32)] {
         dev.w32(0x08, select);
         dev.w32(0x0c, half);
@@ -342,9 +375,9 @@ fn main() -> ! {
         fail!("queue 0 holds only {} entries", max);
     }
     dev.w16(0x18, QUEUE_SIZE);
-    dev.w64(0x20, rings());
-    dev.w64(0x28, rings() + 4096);
-    dev.w64(0x30, rings() + 2 * 4096);
+    dev.w64(0x20, io(rings()));
+    dev.w64(0x28, io(rings() + 4096));
+    dev.w64(0x30, io(rings() + 2 * 4096));
     dev.w16(0x1a, 1);
     if dev.r16(0x1a) != 1 {
         fail!("vector 1 not taken for queue 0");
@@ -421,11 +454,19 @@ fn main() -> ! {
     }
     println!("serial: {}", id);
 
-    // Malformed requests: each fails with IOERR, and a good read still works after it.
+    // Malformed requests: each fails with IOERR, and a good read still works after it. (Behind
+    // the IOMMU, 1 << 45 and 2 GiB + 64 GiB are IOVAs nothing maps.)
     let far = 1u64 << 45;
+    let unmapped = io(0x8000_0000);
     type Case<'a> = (&'a str, u32, u64, &'a [(u64, u32, bool)]);
-    let cases: [Case; 4] = [
+    let cases: [Case; 5] = [
         ("data outside RAM", 0, 0, &[(far, 512, true)]),
+        (
+            "data at an unmapped address",
+            0,
+            0,
+            &[(unmapped, 512, true)],
+        ),
         ("data in the wrong direction", 0, 0, &[(buf(), 512, false)]),
         (
             "segment over size_max",
@@ -440,6 +481,12 @@ fn main() -> ! {
         if status != S_IOERR {
             fail!("{}: status {}, want IOERR", what, status);
         }
+        if let Some((v, _)) = &iommu {
+            if what == "data at an unmapped address" {
+                expect_fault(v, pci, unmapped);
+            }
+            v.clear_faults();
+        }
         let (status, _) = q.request(&dev, 0, 0, &[(buf(), 512, true)]);
         if status != S_OK {
             fail!("after {}: status {}", what, status);
@@ -449,8 +496,8 @@ fn main() -> ! {
     // A descriptor loop: header -> status -> header -> ...
     // SAFETY: as in Queue::request.
     unsafe { write_volatile(addr_of_mut!(STATUS), 0xff) };
-    q.desc(0, addr_of!(HEADER) as u64, 16, DESC_NEXT, 1);
-    q.desc(1, addr_of!(STATUS) as u64, 1, DESC_NEXT | DESC_WRITE, 0);
+    q.desc(0, io(addr_of!(HEADER) as u64), 16, DESC_NEXT, 1);
+    q.desc(1, io(addr_of!(STATUS) as u64), 1, DESC_NEXT | DESC_WRITE, 0);
     q.run(&dev, 0);
     // SAFETY: as above.
     if unsafe { read_volatile(addr_of!(STATUS)) } != S_IOERR {
@@ -461,6 +508,95 @@ fn main() -> ! {
         fail!("after the loop: status {}", status);
     }
     println!("malformed: descriptor loop -> IOERR");
+    if let Some((mut v, table)) = iommu {
+        unmapped_after_invalidation(&mut v, table, &dev, &mut q, pci);
+    }
     rt::cli();
     rt::pass()
+}
+
+/// Programs the unit for device `pci` and maps every page the driver gives the device at
+/// IOVA_BASE + its address (and SPARE's leaf again at SPARE_IOVA); translation on. Returns the
+/// unit and the device's page-table root.
+fn behind_iommu(pci: u32) -> (Vtd, u64) {
+    let opts = vtd::Options::from_cmdline();
+    let Some(mut v) = Vtd::start(&opts) else {
+        fail!("iommu=on but no DMAR table")
+    };
+    let table = v.translated_context((pci << 3) as u8, DOMAIN);
+    let size = 1u64 << opts.shift;
+    let regions = [
+        (rings(), 3 * 4096),
+        (addr_of!(BUF) as u64, 2 * CHUNK as u64),
+        (addr_of!(HEADER) as u64, 16),
+        (addr_of!(STATUS) as u64, 1),
+        (addr_of!(SPARE) as u64, 4096),
+    ];
+    for (start, len) in regions {
+        let first = start & !(size - 1);
+        let last = (start + len - 1) & !(size - 1);
+        v.map(
+            table,
+            DOMAIN,
+            IOVA_BASE + first,
+            first,
+            last - first + size,
+            opts.shift,
+        );
+    }
+    let spare = addr_of!(SPARE) as u64;
+    v.map(
+        table,
+        DOMAIN,
+        SPARE_IOVA,
+        spare & !(size - 1),
+        size,
+        opts.shift,
+    );
+    v.enable_translation();
+    IOVA_OFFSET.store(IOVA_BASE, Ordering::Relaxed);
+    println!(
+        "iommu: device 00:{:02x}.0 uses iovas {:#x} + guest-physical",
+        pci, IOVA_BASE
+    );
+    (v, table)
+}
+
+/// The fault a request's buffer at `iova` caused: a write of the device (it fills a read
+/// request's buffer), by the device, at the page.
+fn expect_fault(v: &Vtd, pci: u32, iova: u64) {
+    let Some((_, f)) = v.pending_fault() else {
+        fail!("no fault recorded for iova {:#x}", iova)
+    };
+    if f.address != iova & !0xfff || f.read || u32::from(f.source_id) != pci << 3 {
+        fail!("fault {:?}, want a write at {:#x}", f, iova & !0xfff);
+    }
+    println!(
+        "fault: write at iova {:#x} by 00:{:02x}.0 reason {:#x}",
+        f.address, pci, f.reason
+    );
+}
+
+/// A read into SPARE through its second IOVA works; once that leaf is unmapped and the IOTLB
+/// invalidated, the same request fails with IOERR and a recorded fault.
+fn unmapped_after_invalidation(v: &mut Vtd, table: u64, dev: &Device, q: &mut Queue, pci: u32) {
+    let shift = vtd::Options::from_cmdline().shift;
+    let spare = addr_of!(SPARE) as u64;
+    let iova = SPARE_IOVA + (spare & ((1 << shift) - 1));
+    let (status, _) = q.request(dev, 0, 0, &[(iova, 512, true)]);
+    // SAFETY: written by the device before it returned the chain.
+    let got = unsafe { read_volatile(addr_of!(SPARE.0)) };
+    let (status0, _) = q.request(dev, 0, 0, &[(buf(), 512, true)]);
+    if status != S_OK || status0 != S_OK || got[..512] != buffer()[..512] {
+        fail!("read through the second iova: status {}", status);
+    }
+    v.set_leaf(table, SPARE_IOVA, shift, 0);
+    v.flush(Flush::Page(DOMAIN, SPARE_IOVA, (shift - 12) as u8));
+    let (status, _) = q.request(dev, 0, 0, &[(iova, 512, true)]);
+    if status != S_IOERR {
+        fail!("read into an unmapped, invalidated iova: status {}", status);
+    }
+    expect_fault(v, pci, iova);
+    v.clear_faults();
+    println!("unmap: iova {:#x} invalidated, request -> IOERR", iova);
 }

@@ -11,7 +11,8 @@ use core::ptr::{read_volatile, write_volatile};
 use super::acpi;
 use super::io::{mmio_read32, mmio_read64, mmio_write32, mmio_write64};
 use super::lapic;
-use crate::fail;
+use super::multiboot::cmdline_value;
+use crate::{fail, println};
 
 /// Registers (offsets into the unit's page).
 pub mod reg {
@@ -109,6 +110,38 @@ pub enum Flush {
     Page(u16, u64, u8),
 }
 
+/// What the command line asks of the driver: `levels=3|4 page=4k|2m|1g inv=qi|reg` (defaults
+/// 4, 4k, qi).
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    pub levels: u8,
+    /// log2 of the leaf size.
+    pub shift: u32,
+    pub inv: Invalidation,
+}
+
+impl Options {
+    pub fn from_cmdline() -> Options {
+        let levels = match cmdline_value("levels") {
+            None | Some("4") => 4,
+            Some("3") => 3,
+            Some(v) => fail!("levels={}: expected 3 or 4", v),
+        };
+        let shift = match cmdline_value("page") {
+            None | Some("4k") => 12,
+            Some("2m") => 21,
+            Some("1g") => 30,
+            Some(v) => fail!("page={}: expected 4k, 2m or 1g", v),
+        };
+        let inv = match cmdline_value("inv") {
+            None | Some("qi") => Invalidation::Queued,
+            Some("reg") => Invalidation::Register,
+            Some(v) => fail!("inv={}: expected qi or reg", v),
+        };
+        Options { levels, shift, inv }
+    }
+}
+
 /// One recorded fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Fault {
@@ -123,6 +156,8 @@ pub struct Fault {
 pub struct Vtd {
     pub base: u64,
     pub haw: u8,
+    /// The DRHD's flags.
+    pub flags: u8,
     pub cap: u64,
     pub ecap: u64,
     pub inv: Invalidation,
@@ -178,11 +213,50 @@ impl Vtd {
         unsafe { mmio_write64(self.base + off, v) }
     }
 
+    /// The unit the DMAR table describes, as Linux starts it: capabilities checked against
+    /// `opts`, the queue on (for queued invalidation), fault and completion events to this CPU.
+    /// Prints what it found. None without a DMAR table.
+    pub fn start(opts: &Options) -> Option<Vtd> {
+        let (haw, base, flags) = Vtd::find()?;
+        println!(
+            "dmar: host address width {} drhd {:#x} flags {:#x}",
+            haw, base, flags
+        );
+        let mut v = Vtd::new(base, haw, opts.inv, opts.levels);
+        v.flags = flags;
+        let ver = v.r32(reg::VER);
+        println!(
+            "vtd: ver {}:{} cap {:#x} ecap {:#x}; {}-level tables, {} KiB leaves, {} invalidation, caching mode {}",
+            (ver >> 4) & 0xf,
+            ver & 0xf,
+            v.cap,
+            v.ecap,
+            opts.levels,
+            (1u64 << opts.shift) >> 10,
+            if opts.inv == Invalidation::Queued {
+                "queued"
+            } else {
+                "register"
+            },
+            if v.caching_mode() { "on" } else { "off" }
+        );
+        if !v.supports_leaf(opts.shift) {
+            fail!("leaves of {} KiB not in SLLPS", (1u64 << opts.shift) >> 10);
+        }
+        lapic::enable();
+        if opts.inv == Invalidation::Queued {
+            v.enable_qi();
+        }
+        v.enable_events();
+        Some(v)
+    }
+
     /// Reads the capabilities and sets up the pool; the unit stays as it is.
     pub fn new(base: u64, haw: u8, inv: Invalidation, levels: u8) -> Vtd {
         let mut v = Vtd {
             base,
             haw,
+            flags: 0,
             cap: 0,
             ecap: 0,
             inv,
