@@ -44,9 +44,13 @@ impl FastCache {
     }
 
     /// Leaves of any size share one slot per 4 KiB page number; a 2 MiB leaf fills the slot of the
-    /// page that was translated.
+    /// page that was translated. The page number's higher 9-bit groups are folded in, so pages
+    /// 2 MiB (or 1 GiB) apart, as a driver's rings, headers and buffers often are, do not evict
+    /// each other.
     fn slot(&self, iova: u64) -> Option<&Entry> {
-        self.entries.get((iova >> 12) as usize % ENTRIES)
+        let page = iova >> 12;
+        let folded = page ^ (page >> 9) ^ (page >> 18) ^ (page >> 27);
+        self.entries.get(folded as usize % ENTRIES)
     }
 
     /// The cached leaf covering `iova`, if it belongs to `generation`.
@@ -115,9 +119,25 @@ mod tests {
         assert_eq!(c.lookup(0x20_3abc, 5), Some(hit));
         assert_eq!(c.lookup(0x20_3abc, 6), None, "another generation");
         // Another page in the same slot: a different leaf base.
-        assert_eq!(
-            c.lookup(0x20_3000 + (ENTRIES as u64) * 0x1000 * 512, 5),
-            None
-        );
+        let same_slot = (0..1u64 << 20)
+            .map(|p| p << 12)
+            .find(|&a| {
+                a >> 21 != 0x20_3000 >> 21
+                    && c.slot(a).map(|e| e as *const Entry)
+                        == c.slot(0x20_3000).map(|e| e as *const Entry)
+            })
+            .unwrap();
+        assert_eq!(c.lookup(same_slot, 5), None);
+    }
+
+    #[test]
+    fn pages_2m_and_1g_apart_take_different_slots() {
+        let c = FastCache::new();
+        let slot = |a: u64| c.slot(a).map(|e| e as *const Entry);
+        for base in [0u64, 0x10_0000, 0x7654_3000] {
+            for stride in [1u64 << 21, 1 << 30, 1 << 39] {
+                assert_ne!(slot(base), slot(base + stride), "{base:#x} + {stride:#x}");
+            }
+        }
     }
 }
