@@ -317,29 +317,34 @@ fn terminal_console_is_raw_and_ctrl_a_x_quits() {
     );
 }
 
+/// The VMM running the assembly multiboot kernel that hangs, with `extra` arguments and a 60 s
+/// timeout; output piped.
+fn hanging_guest(extra: &[&str]) -> std::process::Child {
+    let k = asm_kernel("multiboot-asm");
+    std::process::Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .args([
+            "--kernel",
+            k.to_str().unwrap(),
+            "--cmdline",
+            "hang",
+            "--timeout",
+            "60",
+        ])
+        .args(extra)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// SIGTERM stops the VM in order: every vCPU thread stops and the VMM exits with 128 + 15.
 #[test]
 fn sigterm_stops_the_vm_in_order() {
     if !kvm_or_skip("sigterm_stops_the_vm_in_order") {
         return;
     }
-    let k = asm_kernel("multiboot-asm");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_vmm"))
-        .args([
-            "--kernel",
-            k.to_str().unwrap(),
-            "--cmdline",
-            "hang",
-            "--cpus",
-            "2",
-            "--timeout",
-            "60",
-        ])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = hanging_guest(&["--cpus", "2"]);
     // Once the guest has printed, the VM (and its signal handling) is up.
     std::thread::sleep(std::time::Duration::from_millis(500));
     // SAFETY: kill(2) on our own child's pid.
@@ -357,22 +362,7 @@ fn sigusr1_prints_the_iommu_statistics() {
     if !kvm_or_skip("sigusr1_prints_the_iommu_statistics") {
         return;
     }
-    let k = asm_kernel("multiboot-asm");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_vmm"))
-        .args([
-            "--kernel",
-            k.to_str().unwrap(),
-            "--cmdline",
-            "hang",
-            "--iommu",
-            "--timeout",
-            "60",
-        ])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = hanging_guest(&["--iommu"]);
     std::thread::sleep(std::time::Duration::from_millis(500));
     // SAFETY: kill(2) on our own child's pid.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) }, 0);

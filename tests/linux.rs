@@ -196,25 +196,32 @@ fn linux_bzimage_decompressor_starts() {
     assert_clean(TEST, &run);
 }
 
+/// The CI kernel's cache and initramfs for a full boot, or None (with the skip reported) where
+/// there is no KVM, KVM is not hardware-assisted, or the kernel cannot be fetched.
+fn full_boot_kernel(test: &str) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    if !kvm_or_skip(test) {
+        return None;
+    }
+    if !hardware_kvm() {
+        skip_here(
+            test,
+            "KVM here is not hardware-assisted (no vmx/svm): Linux cannot finish booting",
+        );
+        return None;
+    }
+    let kernel = ci_kernel(test)?;
+    let initramfs = ci_initramfs(&kernel);
+    Some((kernel, initramfs))
+}
+
 /// The full boot, where KVM is hardware-assisted: bzImage and PVH vmlinux, 1 and 2 vCPUs, up to the
 /// initramfs's init, whose checks pass and whose verdict is the VMM's exit status.
 #[test]
 fn linux_full_boot_reaches_init_and_returns_its_verdict() {
     const TEST: &str = "linux_full_boot_reaches_init_and_returns_its_verdict";
-    if !kvm_or_skip(TEST) {
-        return;
-    }
-    if !hardware_kvm() {
-        skip_here(
-            TEST,
-            "KVM here is not hardware-assisted (no vmx/svm): Linux cannot finish booting",
-        );
-        return;
-    }
-    let Some(kernel) = ci_kernel(TEST) else {
+    let Some((kernel, initramfs)) = full_boot_kernel(TEST) else {
         return;
     };
-    let initramfs = ci_initramfs(&kernel);
     for image in ["bzImage", "vmlinux"] {
         for cpus in ["1", "2"] {
             let cmdline = format!("console=ttyS0 vmm.test vmm.cpus={cpus}");
@@ -246,20 +253,9 @@ fn linux_full_boot_reaches_init_and_returns_its_verdict() {
 #[test]
 fn linux_full_boot_with_the_iommu_reads_the_disk_in_every_mode() {
     const TEST: &str = "linux_full_boot_with_the_iommu_reads_the_disk_in_every_mode";
-    if !kvm_or_skip(TEST) {
-        return;
-    }
-    if !hardware_kvm() {
-        skip_here(
-            TEST,
-            "KVM here is not hardware-assisted (no vmx/svm): Linux cannot finish booting",
-        );
-        return;
-    }
-    let Some(kernel) = ci_kernel(TEST) else {
+    let Some((kernel, initramfs)) = full_boot_kernel(TEST) else {
         return;
     };
-    let initramfs = ci_initramfs(&kernel);
     let image: Vec<u8> = (0..4u32 << 20)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();

@@ -11,7 +11,8 @@
 //! 0x000e_0000  ACPI RSDP, then the other ACPI tables, up to 0xf_ffff
 //! 0x0010_0000  kernel; RAM up to min(size, 3 GiB)
 //! 0xc000_0000  32-bit MMIO hole: PCI BARs up to 0xdfff_ffff, ECAM (bus 0) at 0xe000_0000,
-//!              IOAPIC 0xfec0_0000, LAPIC 0xfee0_0000, KVM's TSS and identity page
+//!              IOAPIC 0xfec0_0000, the VT-d unit's registers 0xfed9_0000 (with --iommu),
+//!              LAPIC 0xfee0_0000, KVM's TSS and identity page
 //! 0x1_0000_0000 the rest of RAM when the guest has more than 3 GiB
 //! ```
 

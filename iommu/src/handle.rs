@@ -87,8 +87,11 @@ pub struct DeviceHandle {
     /// The native path's lock-free cache, and the lock that serialises its writers.
     fast: FastCache,
     fast_fill: Mutex<()>,
-    /// Translations answered by this handle's caches, for the unit's statistics (see `count_hit`).
+    /// Native-path lookups this handle's cache answered with a leaf, and with an untranslated
+    /// span, for the unit's statistics (see `count_hit`). Hits of the vm-memory trait path's
+    /// own cache are not counted (no device of the VMM uses that path).
     hits: Arc<AtomicU64>,
+    untranslated: Arc<AtomicU64>,
 }
 
 /// Why a DMA through the native path failed.
@@ -153,7 +156,8 @@ impl DeviceHandle {
             inserted: 0,
         };
         Self {
-            hits: unit.hit_counter(),
+            hits: unit.hit_counter(true),
+            untranslated: unit.hit_counter(false),
             unit,
             sid,
             local: RwLock::new(local),
@@ -184,7 +188,11 @@ impl DeviceHandle {
         // that the guest has granted it since.
         let hit = match self.fast.lookup(iova, generation) {
             Some(hit) if (hit.read || !access.read) && (hit.write || !access.write) => {
-                count_hit(&self.hits);
+                count_hit(if hit.identity {
+                    &self.untranslated
+                } else {
+                    &self.hits
+                });
                 hit
             }
             _ => self.fill(iova, access, generation)?,
@@ -212,6 +220,7 @@ impl DeviceHandle {
                     shift: IDENTITY_SPAN_SHIFT,
                     read: true,
                     write: true,
+                    identity: true,
                 }
             }
             Ok(Mapping::Leaf(l)) => Hit {
@@ -220,6 +229,7 @@ impl DeviceHandle {
                 shift: l.shift,
                 read: l.read,
                 write: l.write,
+                identity: false,
             },
             Err(failure) => {
                 self.unit.report_fault(self.sid, iova, access, failure);
@@ -318,7 +328,6 @@ impl Iommu for DeviceHandle {
             if local.generation == generation
                 && let Ok(found) = Iotlb::lookup(LocalGuard::Read(local), iova, length, access)
             {
-                count_hit(&self.hits);
                 return Ok(found);
             }
         }

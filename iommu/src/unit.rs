@@ -63,10 +63,11 @@ pub struct Stats {
 }
 
 /// The unit's counters at one moment, with the hits of the devices' own caches folded in: a
-/// translation answered by a device handle's cache counts as a translation and an IOTLB hit.
+/// lookup answered by a device handle's cache counts as a translation, and as an IOTLB hit when
+/// it found a leaf (not an untranslated span: translation off or pass-through).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StatsSnapshot {
-    /// Pages translated for devices.
+    /// Lookups for devices' DMA, each covering up to one leaf (or untranslated span) of an access.
     pub translations: u64,
     /// Translations answered from a cache (the unit's IOTLB or a device handle's).
     pub iotlb_hits: u64,
@@ -151,8 +152,9 @@ pub(crate) struct Inner {
     contexts: RwLock<ContextCache>,
     iotlb: RwLock<Iotlb>,
     pub stats: Stats,
-    /// Each attached handle's count of translations its own cache answered.
-    handle_hits: Mutex<Vec<Arc<AtomicU64>>>,
+    /// Each attached handle's counts of lookups its own cache answered: (counter, whether it
+    /// counts leaf hits (true) or untranslated spans).
+    handle_hits: Mutex<Vec<(Arc<AtomicU64>, bool)>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -172,10 +174,11 @@ impl Inner {
         self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// A new counter of a device handle's cache hits, summed into the statistics.
-    pub fn hit_counter(&self) -> Arc<AtomicU64> {
+    /// A new counter of a device handle's cache hits (of leaves if `leaf`, else of untranslated
+    /// spans), summed into the statistics.
+    pub fn hit_counter(&self, leaf: bool) -> Arc<AtomicU64> {
         let counter = Arc::new(AtomicU64::new(0));
-        lock(&self.handle_hits).push(counter.clone());
+        lock(&self.handle_hits).push((counter.clone(), leaf));
         counter
     }
 
@@ -377,10 +380,17 @@ impl RemappingUnit {
     pub fn snapshot(&self) -> StatsSnapshot {
         let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let s = &self.inner.stats;
-        let handle_hits: u64 = lock(&self.inner.handle_hits).iter().map(|c| n(c)).sum();
+        let (mut leaf_hits, mut untranslated) = (0, 0);
+        for (counter, leaf) in lock(&self.inner.handle_hits).iter() {
+            *if *leaf {
+                &mut leaf_hits
+            } else {
+                &mut untranslated
+            } += n(counter);
+        }
         StatsSnapshot {
-            translations: n(&s.translations) + handle_hits,
-            iotlb_hits: n(&s.iotlb_hits) + handle_hits,
+            translations: n(&s.translations) + leaf_hits + untranslated,
+            iotlb_hits: n(&s.iotlb_hits) + leaf_hits,
             iotlb_misses: n(&s.iotlb_misses),
             walks: n(&s.walks),
             inv_context: n(&s.inv_context),

@@ -28,10 +28,24 @@ fn wake(fd: &AtomicI32) {
     let fd = fd.load(Ordering::SeqCst);
     if fd >= 0 {
         let one = 1u64.to_ne_bytes();
-        // SAFETY: write(2) is async-signal-safe; the buffer is 8 valid bytes, as an event fd wants.
-        // A failed write (the counter cannot overflow here) only loses a wake-up.
-        unsafe { libc::write(fd, one.as_ptr().cast(), one.len()) };
+        // SAFETY: errno is thread-local and __errno_location always returns a valid pointer;
+        // write(2) is async-signal-safe and the buffer is 8 valid bytes, as an event fd wants. A
+        // failed write (the counter cannot overflow here) only loses a wake-up. errno is restored
+        // for the interrupted code.
+        unsafe {
+            let errno = libc::__errno_location();
+            let saved = *errno;
+            libc::write(fd, one.as_ptr().cast(), one.len());
+            *errno = saved;
+        }
     }
+}
+
+/// Installs the SIGUSR1 handler with no watcher yet, so that an early SIGUSR1 (before the event
+/// loop runs, or without --iommu) is ignored instead of killing the VMM.
+pub fn catch_usr1() -> io::Result<()> {
+    register_signal_handler(libc::SIGUSR1, on_usr1)
+        .map_err(|e| io::Error::from_raw_os_error(e.errno()))
 }
 
 extern "C" fn on_signal(signo: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {

@@ -273,6 +273,7 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
         vcpus.push(vcpu);
     }
 
+    crate::signals::catch_usr1().map_err(host_err("install the SIGUSR1 handler"))?;
     // The kick signal only needs to interrupt KVM_RUN; its handler does nothing.
     extern "C" fn kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
     register_signal_handler(SIGRTMIN(), kick)
