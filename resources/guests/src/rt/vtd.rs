@@ -43,8 +43,9 @@ pub mod gcmd {
     pub const TE: u32 = 1 << 31;
     pub const SRTP: u32 = 1 << 30;
     pub const QIE: u32 = 1 << 26;
-    /// The one-shot bits, which must not be written back from GSTS.
-    pub const ONE_SHOT: u32 = 0x96ff_ffff;
+    /// The GSTS bits a command writes back: all but the one-shot ones (SRTP, SFL, WBF, SIRTP),
+    /// as Linux masks them.
+    pub const KEEP: u32 = 0x96ff_ffff;
 }
 
 /// FSTS bits.
@@ -324,10 +325,10 @@ impl Vtd {
         page
     }
 
-    /// Sets a GCMD bit the way Linux does (current status, one-shot bits masked, plus the bit)
+    /// Sets a GCMD bit the way Linux does (current status without the one-shot bits, plus the bit)
     /// and waits for GSTS to follow.
     pub fn command(&self, bit: u32, on: bool) {
-        let status = self.r32(reg::GSTS) & gcmd::ONE_SHOT;
+        let status = self.r32(reg::GSTS) & gcmd::KEEP;
         let value = if on { status | bit } else { status & !bit };
         self.w32(reg::GCMD, value);
         for _ in 0..1_000_000 {
@@ -341,7 +342,7 @@ impl Vtd {
     /// The one-shot "set root table pointer".
     pub fn set_root(&self, root: u64) {
         self.w64(reg::RTADDR, root);
-        let status = self.r32(reg::GSTS) & gcmd::ONE_SHOT;
+        let status = self.r32(reg::GSTS) & gcmd::KEEP;
         self.w32(reg::GCMD, status | gcmd::SRTP);
         for _ in 0..1_000_000 {
             if self.r32(reg::GSTS) & gcmd::SRTP != 0 {
