@@ -123,14 +123,6 @@ impl MemoryLayout {
         }
     }
 
-    /// The same layout with the VT-d unit's register page.
-    pub fn with_iommu(self) -> Self {
-        Self {
-            iommu: true,
-            ..self
-        }
-    }
-
     /// The (guest address, length) ranges to back with host memory.
     pub fn ram_ranges(&self) -> Vec<(u64, u64)> {
         let mut ranges = vec![(0, self.low_size)];
@@ -200,7 +192,10 @@ mod tests {
                 .any(|e| e.addr == IOMMU_BASE && e.size == IOMMU_SIZE && e.kind == E820_RESERVED)
         };
         assert!(!reserved(MemoryLayout::new(6 << 30)));
-        let with = MemoryLayout::new(6 << 30).with_iommu();
+        let with = MemoryLayout {
+            iommu: true,
+            ..MemoryLayout::new(6 << 30)
+        };
         assert!(reserved(with));
         let addrs: Vec<u64> = with.e820().iter().map(|e| e.addr).collect();
         assert!(addrs.is_sorted(), "{addrs:x?}");

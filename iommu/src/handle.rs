@@ -18,7 +18,7 @@ use vm_memory::{GuestAddress, Iommu, Iotlb, Permissions};
 use crate::fast::{FastCache, Hit};
 use crate::spec::INTERRUPT_RANGE;
 use crate::translate::Access;
-use crate::unit::{Inner, Mapping};
+use crate::unit::{HandleHits, Inner, Mapping};
 
 /// The translations a handle has used, valid for one generation of the unit's caches.
 #[derive(Debug, Default)]
@@ -90,8 +90,7 @@ pub struct DeviceHandle {
     /// Native-path lookups this handle's cache answered with a leaf, and with an untranslated
     /// span, for the unit's statistics (see `count_hit`). Hits of the vm-memory trait path's
     /// own cache are not counted (no device of the VMM uses that path).
-    hits: Arc<AtomicU64>,
-    untranslated: Arc<AtomicU64>,
+    hits: Arc<HandleHits>,
 }
 
 /// Why a DMA through the native path failed.
@@ -156,8 +155,7 @@ impl DeviceHandle {
             inserted: 0,
         };
         Self {
-            hits: unit.hit_counter(true),
-            untranslated: unit.hit_counter(false),
+            hits: unit.hit_counters(),
             unit,
             sid,
             local: RwLock::new(local),
@@ -189,9 +187,9 @@ impl DeviceHandle {
         let hit = match self.fast.lookup(iova, generation) {
             Some(hit) if (hit.read || !access.read) && (hit.write || !access.write) => {
                 count_hit(if hit.identity {
-                    &self.untranslated
+                    &self.hits.untranslated
                 } else {
-                    &self.hits
+                    &self.hits.leaf
                 });
                 hit
             }

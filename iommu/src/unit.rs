@@ -111,6 +111,14 @@ impl std::fmt::Display for StatsSnapshot {
     }
 }
 
+/// Lookups a device handle's own cache answered: with a leaf, or with an untranslated span
+/// (translation off, pass-through).
+#[derive(Debug, Default)]
+pub(crate) struct HandleHits {
+    pub leaf: AtomicU64,
+    pub untranslated: AtomicU64,
+}
+
 fn count(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
@@ -152,9 +160,8 @@ pub(crate) struct Inner {
     contexts: RwLock<ContextCache>,
     iotlb: RwLock<Iotlb>,
     pub stats: Stats,
-    /// Each attached handle's counts of lookups its own cache answered: (counter, whether it
-    /// counts leaf hits (true) or untranslated spans).
-    handle_hits: Mutex<Vec<(Arc<AtomicU64>, bool)>>,
+    /// Each attached handle's counts of the lookups its own cache answered.
+    handle_hits: Mutex<Vec<Arc<HandleHits>>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -174,12 +181,11 @@ impl Inner {
         self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// A new counter of a device handle's cache hits (of leaves if `leaf`, else of untranslated
-    /// spans), summed into the statistics.
-    pub fn hit_counter(&self, leaf: bool) -> Arc<AtomicU64> {
-        let counter = Arc::new(AtomicU64::new(0));
-        lock(&self.handle_hits).push((counter.clone(), leaf));
-        counter
+    /// New counters of a device handle's cache hits, summed into the statistics.
+    pub fn hit_counters(&self) -> Arc<HandleHits> {
+        let counters = Arc::new(HandleHits::default());
+        lock(&self.handle_hits).push(counters.clone());
+        counters
     }
 
     pub fn send(&self, msgs: Vec<MsiMessage>) {
@@ -381,12 +387,9 @@ impl RemappingUnit {
         let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let s = &self.inner.stats;
         let (mut leaf_hits, mut untranslated) = (0, 0);
-        for (counter, leaf) in lock(&self.inner.handle_hits).iter() {
-            *if *leaf {
-                &mut leaf_hits
-            } else {
-                &mut untranslated
-            } += n(counter);
+        for h in lock(&self.inner.handle_hits).iter() {
+            leaf_hits += n(&h.leaf);
+            untranslated += n(&h.untranslated);
         }
         StatsSnapshot {
             translations: n(&s.translations) + leaf_hits + untranslated,

@@ -114,8 +114,7 @@ impl StatsSignal {
     pub fn install(report: Box<dyn Fn() + Send>) -> io::Result<Self> {
         let wake = EventFd::new(EFD_NONBLOCK)?;
         STATS_FD.store(wake.as_raw_fd(), Ordering::SeqCst);
-        register_signal_handler(libc::SIGUSR1, on_usr1)
-            .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+        catch_usr1()?;
         Ok(Self { wake, report })
     }
 }

@@ -205,10 +205,8 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
         });
     }
 
-    let layout = match config.iommu {
-        Some(_) => MemoryLayout::new(config.memory).with_iommu(),
-        None => MemoryLayout::new(config.memory),
-    };
+    let mut layout = MemoryLayout::new(config.memory);
+    layout.iommu = config.iommu.is_some();
     let ranges: Vec<_> = layout
         .ram_ranges()
         .into_iter()
