@@ -38,11 +38,8 @@ const LEN: usize = 3072;
 static mut SRC: [u8; 4096] = [0; 4096];
 static mut DST: [u8; 4096] = [0; 4096];
 
-/// FNV-1a: order-sensitive, so a shifted or partial copy does not match.
 fn checksum(data: &[u8]) -> u32 {
-    data.iter().fold(0x811c_9dc5u32, |h, b| {
-        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
-    })
+    rt::fnv(rt::FNV_INIT, data)
 }
 
 fn main() -> ! {

@@ -42,11 +42,8 @@ fn bytes(addr: u64, len: u64) -> &'static [u8] {
     unsafe { core::slice::from_raw_parts(addr as *const u8, len as usize) }
 }
 
-/// FNV-1a.
 fn fnv(data: &[u8]) -> u32 {
-    data.iter().fold(0x811c_9dc5u32, |h, b| {
-        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
-    })
+    rt::fnv(rt::FNV_INIT, data)
 }
 
 /// Every byte of `[addr, addr + len)` is `byte`.

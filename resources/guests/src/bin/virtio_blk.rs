@@ -21,7 +21,7 @@ use core::sync::atomic::{AtomicU64, Ordering, fence};
 
 use guests::rt::pci::{config_read32, config_write32};
 use guests::rt::vtd::{self, Flush, Vtd};
-use guests::rt::{self, lapic, multiboot};
+use guests::rt::{self, FNV_INIT, fnv, lapic, multiboot};
 use guests::{fail, println};
 
 guests::entry!(main);
@@ -120,13 +120,6 @@ impl Device {
         }
     }
 }
-
-/// FNV-1a: order-sensitive, so a shifted or partial read does not match.
-fn fnv(hash: u32, data: &[u8]) -> u32 {
-    data.iter()
-        .fold(hash, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
-}
-const FNV_INIT: u32 = 0x811c_9dc5;
 
 fn rings() -> u64 {
     addr_of!(RINGS) as u64

@@ -12,9 +12,9 @@
 
 use core::ptr::write_volatile;
 
+use guests::rt;
 use guests::rt::edu::Edu;
 use guests::rt::vtd::{self, Flush, Invalidation, Options, Vtd, gcmd, reason, reg};
-use guests::rt::{self};
 use guests::{fail, println};
 
 guests::entry!(main);

@@ -24,6 +24,16 @@ pub use io::{mmio_write8, mmio_write16, mmio_write32, mmio_write64};
 pub use multiboot::{cmdline, cmdline_value};
 pub use paging::map_identity_above_4g;
 
+/// The FNV-1a offset basis: the hash of no bytes.
+pub const FNV_INIT: u32 = 0x811c_9dc5;
+
+/// FNV-1a of `data`, continuing from `hash` (start with [`FNV_INIT`]); order-sensitive, so a
+/// shifted or partial copy does not match. The tests compute the same on the host.
+pub fn fnv(hash: u32, data: &[u8]) -> u32 {
+    data.iter()
+        .fold(hash, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
+}
+
 /// The exit port (QEMU isa-debug-exit convention): writing `v` ends the VM
 /// with process status `(v << 1) | 1`.
 pub const EXIT_PORT: u16 = 0xf4;
