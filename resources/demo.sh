@@ -7,7 +7,7 @@
 # Ctrl-A x to quit). Where /dev/kvm is a software KVM (no vmx/svm in /proc/cpuinfo, see
 # ../shared/reference/platform.md) Linux cannot finish booting: the demo then boots the uncompressed
 # kernel through PVH with the options that take it furthest, and the guest stops where the
-# emulator's gaps stop it (about a minute and a half in, at the kernel's int3 self-test).
+# emulator's gaps stop it (two to three minutes in, at the kernel's int3 self-test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 resources/setup.sh
