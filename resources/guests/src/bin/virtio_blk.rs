@@ -10,8 +10,11 @@
 //! 64 GiB) for its rings, descriptors and buffers; then a buffer at an unmapped IOVA, and one whose
 //! mapping was removed and invalidated, must fail with IOERR and a recorded fault.
 //!
+//! With `bench=on` it skips all that and runs timed loops of 4 KiB reads and writes instead
+//! (rt::bench), which QEMU's virtio-blk-pci runs too.
+//!
 //! Command line: `sectors=N sum=0xFNV write_sector=S [iommu=on levels=L page=P inv=I]`
-//! (checksum: FNV-1a of the image).
+//! (checksum: FNV-1a of the image), or `bench=on [seconds=S | ops=N] [iommu=on ...]`.
 
 #![no_std]
 #![no_main]
@@ -19,7 +22,8 @@
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 use core::sync::atomic::{AtomicU64, Ordering, fence};
 
-use guests::rt::pci::{config_read32, config_write32};
+use guests::rt::bench::Loop;
+use guests::rt::pci::{self, config_read32, config_write32};
 use guests::rt::vtd::{self, Flush, Vtd};
 use guests::rt::{self, FNV_INIT, fnv, lapic, multiboot};
 use guests::{fail, println};
@@ -240,16 +244,25 @@ fn hex_arg(key: &str) -> u64 {
     parsed.unwrap_or_else(|_| fail!("bad {}={}", key, v))
 }
 
-/// Finds the device and its structures, and enables bus mastering.
+/// Where capability structure `offset` of BAR `index` is, mapped for the program (a BAR the
+/// firmware placed above 4 GiB gets identity-mapped).
+fn in_bar(dev: u32, index: u32, offset: u32) -> u64 {
+    let Some(base) = pci::bar(dev, index) else {
+        fail!("virtio structure in I/O BAR {}", index)
+    };
+    let at = base + u64::from(offset);
+    if let Err(e) = rt::map_identity_above_4g(at + 0x1000) {
+        fail!("cannot map BAR {} at {:#x}: {:?}", index, base, e);
+    }
+    at
+}
+
+/// Finds the device and its structures (in whichever BARs its capabilities name), and enables
+/// bus mastering.
 fn find_device() -> (u32, Device, u32) {
     let Some(dev) = (0..32).find(|&d| config_read32(d, 0) == 0x1042_1af4) else {
         fail!("no virtio-blk device (1af4:1042)")
     };
-    let bar_lo = config_read32(dev, 0x10);
-    if bar_lo & 0x6 != 0x4 {
-        fail!("BAR0 is not a 64-bit memory BAR: {:#x}", bar_lo);
-    }
-    let bar = u64::from(bar_lo & !0xf) | (u64::from(config_read32(dev, 0x14)) << 32);
     let command = config_read32(dev, 0x04) & 0xffff;
     config_write32(dev, 0x04, command | 0x6);
     let (mut common, mut device, mut notify, mut mult, mut msix) = (None, None, None, 0, None);
@@ -261,26 +274,21 @@ fn find_device() -> (u32, Device, u32) {
             0x09 => {
                 let cfg_type = (head >> 24) & 0xff;
                 let bar_index = config_read32(dev, cap + 4) & 0xff;
-                let at = bar + u64::from(config_read32(dev, cap + 8));
-                if bar_index == 0 {
-                    match cfg_type {
-                        1 => common = Some(at),
-                        2 => {
-                            notify = Some(at);
-                            mult = config_read32(dev, cap + 16);
-                        }
-                        4 => device = Some(at),
-                        _ => {}
+                let offset = config_read32(dev, cap + 8);
+                match cfg_type {
+                    1 => common = Some(in_bar(dev, bar_index, offset)),
+                    2 => {
+                        notify = Some(in_bar(dev, bar_index, offset));
+                        mult = config_read32(dev, cap + 16);
                     }
+                    4 => device = Some(in_bar(dev, bar_index, offset)),
+                    _ => {}
                 }
             }
             0x11 => {
                 msix_cap = cap;
                 let table = config_read32(dev, cap + 4);
-                if table & 7 != 0 {
-                    fail!("MSI-X table not in BAR0");
-                }
-                msix = Some(bar + u64::from(table & !7));
+                msix = Some(in_bar(dev, table & 7, table & !7));
             }
             _ => {}
         }
@@ -292,8 +300,8 @@ fn find_device() -> (u32, Device, u32) {
         fail!("missing a virtio structure or MSI-X")
     };
     println!(
-        "virtio-blk at 00:{:02x}.0 bar0 {:#x} notify multiplier {}",
-        dev, bar, mult
+        "virtio-blk at 00:{:02x}.0 common {:#x} notify multiplier {}",
+        dev, common, mult
     );
     (
         dev,
@@ -309,9 +317,6 @@ fn find_device() -> (u32, Device, u32) {
 }
 
 fn main() -> ! {
-    let sectors = hex_arg("sectors");
-    let want_sum = hex_arg("sum") as u32;
-    let write_sector = hex_arg("write_sector");
     let (pci, dev, msix_cap) = find_device();
     let iommu = (multiboot::cmdline_value("iommu") == Some("on")).then(|| behind_iommu(pci));
 
@@ -352,9 +357,6 @@ fn main() -> ! {
         "features {:#x}; capacity {} sectors, seg_max {}, size_max {}",
         wanted, capacity, seg_max, size_max
     );
-    if capacity != sectors {
-        fail!("capacity {} sectors, want {}", capacity, sectors);
-    }
 
     // MSI-X: the function on, vector 1 to this CPU, bound to queue 0; no configuration vector.
     lapic::enable();
@@ -385,6 +387,16 @@ fn main() -> ! {
         avail_idx: 0,
         used_idx: 0,
     };
+    if multiboot::cmdline_value("bench") == Some("on") {
+        bench(&dev, &mut q, capacity);
+    }
+
+    let sectors = hex_arg("sectors");
+    let want_sum = hex_arg("sum") as u32;
+    let write_sector = hex_arg("write_sector");
+    if capacity != sectors {
+        fail!("capacity {} sectors, want {}", capacity, sectors);
+    }
 
     // The whole disk, 4 KiB per request in two 2 KiB segments.
     let half = (CHUNK / 2) as u32;
@@ -503,6 +515,43 @@ fn main() -> ! {
     println!("malformed: descriptor loop -> IOERR");
     if let Some((mut v, table)) = iommu {
         unmapped_after_invalidation(&mut v, table, &dev, &mut q, pci);
+    }
+    rt::cli();
+    rt::pass()
+}
+
+/// `bench=on`: 4 KiB reads, then 4 KiB writes, one request at a time, each kind a timed loop
+/// (rt::bench) over the disk's 4 KiB blocks in turn; then the last block written is read back.
+fn bench(dev: &Device, q: &mut Queue, capacity: u64) -> ! {
+    let blocks = capacity / 8;
+    if blocks == 0 {
+        fail!("bench=on needs a disk of at least 4 KiB");
+    }
+    // SAFETY: BUF is ours between requests.
+    let data = unsafe { &mut *addr_of_mut!(BUF.0) };
+    let mut last = None;
+    for (kind, name) in [(0, "blk-read"), (1, "blk-write")] {
+        let mut l = Loop::start(name);
+        while l.next_op() {
+            let n = l.ops() - 1;
+            let sector = (n % blocks) * 8;
+            if kind == 1 {
+                data[..8].copy_from_slice(&n.to_le_bytes());
+                last = Some((sector, n));
+            }
+            let (status, _) = q.request(dev, kind, sector, &[(buf(), CHUNK as u32, kind == 0)]);
+            if status != S_OK {
+                fail!("{} {} at sector {}: status {}", name, n, sector, status);
+            }
+        }
+        l.end();
+    }
+    if let Some((sector, n)) = last {
+        data[..8].fill(0);
+        let (status, _) = q.request(dev, 0, sector, &[(buf(), CHUNK as u32, true)]);
+        if status != S_OK || data[..8] != n.to_le_bytes() {
+            fail!("the last write (block {}) did not read back", sector / 8);
+        }
     }
     rt::cli();
     rt::pass()

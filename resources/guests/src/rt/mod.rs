@@ -5,6 +5,7 @@ use core::fmt;
 use core::sync::atomic::Ordering;
 
 pub mod acpi;
+pub mod bench;
 pub mod edu;
 pub mod io;
 pub mod lapic;

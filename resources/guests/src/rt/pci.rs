@@ -17,3 +17,19 @@ pub fn config_write32(dev: u32, reg: u32, v: u32) {
     select(dev, reg);
     outl(0xcfc, v);
 }
+
+/// The address of memory BAR `index` (0-5) of device `dev`, with the upper half of a 64-bit BAR;
+/// None for an I/O BAR.
+pub fn bar(dev: u32, index: u32) -> Option<u64> {
+    let reg = 0x10 + 4 * index;
+    let lo = config_read32(dev, reg);
+    if lo & 1 != 0 {
+        return None;
+    }
+    let high = if lo & 0x6 == 0x4 && index < 5 {
+        u64::from(config_read32(dev, reg + 4)) << 32
+    } else {
+        0
+    };
+    Some(high | u64::from(lo & !0xf))
+}
