@@ -381,5 +381,7 @@ pub fn poweroff() -> &'static str {
             }
         }
     }
+    // The platform may act after the write returns (QEMU's main loop does): give it a second.
+    super::time::delay_us(1_000_000);
     "the platform ignored the S5 request"
 }
