@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Our VMM and QEMU side by side, on the same guest programs: medians, spread and ratios.
 
-Usage: resources/bench/compare.py [--runs N] [--seconds S]
+Usage: resources/bench/compare.py [--runs N] [--seconds S] [--vmm PATH] [--guests DIR]
 
 Installs what it needs first (resources/bench/setup.sh: QEMU from bookworm-backports and GNU time,
 if missing), builds the release VMM and the guest programs, then runs each workload N times
@@ -114,15 +114,24 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--runs", type=int, default=5, help="runs of each workload on each VMM")
     p.add_argument("--seconds", type=int, default=2, help="length of each guest loop")
+    p.add_argument("--vmm", help="our VMM binary to run (default: build the release one)")
+    p.add_argument("--guests", help="directory of built guest programs (default: build them)")
     args = p.parse_args()
     if args.runs < 1 or args.seconds < 1:
         sys.exit("compare.py: --runs and --seconds must be at least 1")
 
     subprocess.run(["bash", os.path.join(ROOT, "resources/bench/setup.sh")], check=True,
                    stdout=subprocess.DEVNULL)
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "vmm"], cwd=ROOT, check=True)
-    subprocess.run(["bash", "resources/guests/build.sh", ELF], cwd=ROOT, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    global VMM, ELF
+    if args.vmm:
+        VMM = os.path.abspath(args.vmm)
+    else:
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "vmm"], cwd=ROOT, check=True)
+    if args.guests:
+        ELF = os.path.abspath(args.guests)
+    else:
+        subprocess.run(["bash", "resources/guests/build.sh", ELF], cwd=ROOT, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     # The image lives in memory (tmpfs) where there is one, so the host's disk and its writeback
     # stay out of the figures.
@@ -189,7 +198,8 @@ def main():
           f"--seconds {args.seconds}` at {commit}\n")
     print(f"- machine: {cpu}, {os.cpu_count()} CPUs, Linux {platform.release()}, {kvm}, "
           f"Debian {open('/etc/debian_version').read().strip()}")
-    print(f"- ours: {version([VMM, '--version'])}, {version(['rustc', '--version'])}, release")
+    build = f"binary {VMM}" if args.vmm else "release build"
+    print(f"- ours: {version([VMM, '--version'])}, {version(['rustc', '--version'])}, {build}")
     print(f"- QEMU: {version(['qemu-system-x86_64', '--version'])}")
     print(f"- {args.runs} runs of each workload on each VMM, alternating; loops of about "
           f"{args.seconds} s; figures are median (min-max)\n")
