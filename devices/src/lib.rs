@@ -9,6 +9,7 @@
 pub mod bus;
 pub mod dma;
 pub mod edu;
+pub mod ioapic;
 pub mod legacy;
 pub mod pci;
 pub mod virtio;
