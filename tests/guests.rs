@@ -153,6 +153,7 @@ fn edu_dma_with_msi_and_intx() {
     .expect_line("dma: 3072 bytes both ways, checksum 0xacdb45c5")
     .expect_line("msi: vector 0x50 received")
     .expect_line("intx: vector 0x51 on pin 16")
+    .expect_line("intx: remote IRR set until the EOI, then clear; delivered again")
     .expect_line("PASS edu");
     // Without the device the guest says so.
     let run = vmm(&["--kernel", edu.to_str().unwrap(), "--timeout", "60"]);

@@ -94,7 +94,7 @@ fn linux_pvh_partial_boot_sees_our_e820_and_acpi_tables() {
             "ACPI: DSDT 0x00000000000E".into(),
             "ACPI: APIC 0x00000000000E".into(),
             "ACPI: LAPIC_NMI (acpi_id[0xff] dfl dfl lint[0x1])".into(),
-            "IOAPIC[0]: apic_id 0, version 17, address 0xfec00000, GSI 0-23".into(),
+            "IOAPIC[0]: apic_id 0, version 32, address 0xfec00000, GSI 0-23".into(),
             "ACPI: INT_SRC_OVR (bus 0 bus_irq 0 global_irq 2 dfl dfl)".into(),
             format!("CPU topo: Allowing {cpus} present CPUs plus 0 hotplug CPUs"),
         ];
@@ -103,6 +103,8 @@ fn linux_pvh_partial_boot_sees_our_e820_and_acpi_tables() {
             wanted.extend([
                 "ACPI: DMAR 0x00000000000E".into(),
                 "DMAR: IOMMU enabled".into(),
+                // Linux moves to our I/O APIC (split irqchip); the DMAR lines below come after.
+                "APIC: Switch to symmetric I/O mode setup".into(),
                 "DMAR: Host address width 48".into(),
                 "DMAR: DRHD base: 0x000000fed90000 flags: 0x1".into(),
                 format!(

@@ -43,7 +43,7 @@ pub const RESET_OFFSET: u16 = 2;
 pub const RESET_VALUE: u8 = 1;
 /// SLP_TYP of S5 in the DSDT's `_S5_` package.
 pub const S5_SLEEP_TYPE: u8 = 5;
-/// The IOAPIC's id in the MADT (and its ID register's reset value in KVM).
+/// The IOAPIC's id in the MADT (and its ID register's reset value in the VMM's I/O APIC).
 pub const IOAPIC_ID: u8 = 0;
 /// The CMOS RTC's index port (data follows), as the DSDT describes it.
 pub const CMOS_PORT: u16 = 0x70;
@@ -100,8 +100,6 @@ impl Aml for LocalApicNmi {
     }
 }
 
-/// MADT flags bit 0: the platform also has dual 8259s (KVM's in-kernel PIC).
-const MADT_PCAT_COMPAT: u32 = 1;
 /// FADT IAPC_BOOT_ARCH: an 8042 is present (bit 1); VGA is not (bit 2).
 const IAPC_8042: u16 = 1 << 1;
 const IAPC_VGA_NOT_PRESENT: u16 = 1 << 2;
@@ -110,17 +108,6 @@ fn to_bytes(table: &dyn Aml) -> Vec<u8> {
     let mut bytes = Vec::new();
     table.to_aml_bytes(&mut bytes);
     bytes
-}
-
-/// Recomputes an SDT's checksum (byte 9) after its bytes were patched.
-fn fix_checksum(table: &mut [u8]) {
-    if let Some(c) = table.get_mut(9) {
-        *c = 0;
-    }
-    let sum = table.iter().fold(0u8, |s, b| s.wrapping_add(*b));
-    if let Some(c) = table.get_mut(9) {
-        *c = 0u8.wrapping_sub(sum);
-    }
 }
 
 fn dsdt(layout: &MemoryLayout) -> Vec<u8> {
@@ -264,12 +251,9 @@ fn madt(cpus: u8) -> Vec<u8> {
         flags: 0,
         lint: 1,
     });
-    let mut bytes = to_bytes(&madt);
-    if let Some(flags) = bytes.get_mut(40..44) {
-        flags.copy_from_slice(&MADT_PCAT_COMPAT.to_le_bytes());
-    }
-    fix_checksum(&mut bytes);
-    bytes
+    // Flags 0: no PCAT_COMPAT, the platform has no 8259s (the VMM's I/O APIC is the only
+    // interrupt controller besides the local APICs).
+    to_bytes(&madt)
 }
 
 /// DMAR: one DMA-remapping hardware unit (DRHD) at `register_base` covering every PCI device of
@@ -409,7 +393,8 @@ mod tests {
         );
         assert_eq!(
             u32::from_le_bytes(madt[40..44].try_into().unwrap()),
-            MADT_PCAT_COMPAT
+            0,
+            "no PCAT_COMPAT: there are no 8259s"
         );
         let mut kinds = Vec::new();
         let mut apic_ids = Vec::new();

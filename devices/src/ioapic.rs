@@ -19,11 +19,12 @@
 //! for interrupt remapping) becomes a remappable MSI: the handle from bits 63:49 and 11, subhandle
 //! invalid; a compatibility entry becomes the MSI the local APICs take directly.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use iommu::MsiMessage;
 
-use crate::{BusDevice, MsiVectors};
+use crate::{BusDevice, InterruptLine, MsiVectors};
 
 /// The pins.
 pub const PINS: usize = 24;
@@ -273,22 +274,94 @@ impl BusDevice for Ioapic {
     }
 }
 
+/// An I/O APIC shared between the MMIO bus (the guest's accesses), the vCPUs (EOIs) and the
+/// devices (their interrupt lines).
+pub type SharedIoapic = Arc<Mutex<Ioapic>>;
+
+/// One input pin of the I/O APIC, as an ISA device drives it (COM1's IRQ 4, say).
+#[derive(Clone, Debug)]
+pub struct IoapicPin {
+    ioapic: SharedIoapic,
+    pin: usize,
+}
+
+impl IoapicPin {
+    pub fn new(ioapic: SharedIoapic, pin: usize) -> Self {
+        Self { ioapic, pin }
+    }
+
+    /// Drives the pin.
+    pub fn set_level(&self, asserted: bool) {
+        self.ioapic
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .set_level(self.pin, asserted);
+    }
+
+    /// A rising and a falling edge: one interrupt of an edge-triggered pin.
+    pub fn pulse(&self) {
+        let mut ioapic = self.ioapic.lock().unwrap_or_else(PoisonError::into_inner);
+        ioapic.set_level(self.pin, true);
+        ioapic.set_level(self.pin, false);
+    }
+}
+
+/// A PCI INTx line on an I/O APIC pin that other devices may share: the pin is asserted while any
+/// of its devices asserts it. The count of asserting devices lives under a lock that is held while
+/// the pin changes, so a raise and a lower from two devices cannot land reversed.
+#[derive(Debug)]
+pub struct IoapicLine {
+    pin: IoapicPin,
+    asserted: AtomicBool,
+    shared: Arc<Mutex<u32>>,
+}
+
+impl IoapicLine {
+    /// A device's line on `pin`; `shared` is the pin's count, common to all devices on it.
+    pub fn new(pin: IoapicPin, shared: Arc<Mutex<u32>>) -> Self {
+        Self {
+            pin,
+            asserted: AtomicBool::new(false),
+            shared,
+        }
+    }
+}
+
+impl InterruptLine for IoapicLine {
+    fn set_level(&self, asserted: bool) {
+        let mut count = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.asserted.swap(asserted, Ordering::SeqCst) == asserted {
+            return;
+        }
+        *count = if asserted {
+            count.saturating_add(1)
+        } else {
+            count.saturating_sub(1)
+        };
+        if (asserted && *count == 1) || (!asserted && *count == 0) {
+            self.pin.set_level(asserted);
+        }
+    }
+}
+
+/// Test doubles: an [`MsiVectors`] that records, and an unmasked edge-triggered pin.
 #[cfg(test)]
-mod tests {
-    use std::sync::Mutex;
+pub(crate) mod testing {
+    use std::sync::{Arc, Mutex};
 
-    use proptest::prelude::*;
+    use iommu::MsiMessage;
 
-    use super::*;
+    use super::{Ioapic, IoapicPin};
+    use crate::MsiVectors;
 
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    enum Out {
+    pub enum Out {
         Route(u16, MsiMessage),
         Trigger(u16),
     }
 
     #[derive(Default)]
-    struct Recorder(Mutex<Vec<Out>>);
+    pub struct Recorder(Mutex<Vec<Out>>);
 
     impl MsiVectors for Recorder {
         fn set_route(&self, vector: u16, msg: MsiMessage) {
@@ -300,16 +373,37 @@ mod tests {
     }
 
     impl Recorder {
-        fn take(&self) -> Vec<Out> {
+        pub fn take(&self) -> Vec<Out> {
             std::mem::take(&mut self.0.lock().unwrap())
         }
-        fn triggers(&self) -> usize {
+        /// How many interrupts were sent since the last look.
+        pub fn triggers(&self) -> usize {
             self.take()
                 .iter()
                 .filter(|o| matches!(o, Out::Trigger(_)))
                 .count()
         }
     }
+
+    /// Pin `pin` of a new I/O APIC, unmasked and edge-triggered (vector 0x30 + pin), and what it
+    /// sends.
+    pub fn edge_pin(pin: usize) -> (IoapicPin, Arc<Recorder>) {
+        let out = Arc::new(Recorder::default());
+        let mut io = Ioapic::new(0, out.clone());
+        io.write_register(super::REG_TABLE + 2 * pin as u32, 0x30 + pin as u32);
+        out.take();
+        (IoapicPin::new(Arc::new(Mutex::new(io)), pin), out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use proptest::prelude::*;
+
+    use super::testing::{Out, Recorder};
+    use super::*;
 
     fn ioapic() -> (Ioapic, Arc<Recorder>) {
         let out = Arc::new(Recorder::default());
@@ -531,5 +625,33 @@ mod tests {
                 prop_assert!(usize::from(pin) < PINS);
             }
         }
+    }
+
+    #[test]
+    fn a_shared_line_stays_asserted_while_any_device_asserts_it() {
+        let (io, out) = ioapic();
+        let io = Arc::new(Mutex::new(io));
+        program(&mut io.lock().unwrap(), 16, 0x45 | entry::LEVEL);
+        out.take();
+        let count = Arc::new(Mutex::new(0));
+        let a = IoapicLine::new(IoapicPin::new(io.clone(), 16), count.clone());
+        let b = IoapicLine::new(IoapicPin::new(io.clone(), 16), count);
+        a.set_level(true);
+        b.set_level(true);
+        a.set_level(true);
+        assert_eq!(out.triggers(), 1);
+        a.set_level(false);
+        io.lock().unwrap().end_of_interrupt(0x45);
+        assert_eq!(out.triggers(), 1, "b still asserts the pin");
+        b.set_level(false);
+        io.lock().unwrap().end_of_interrupt(0x45);
+        assert_eq!(out.triggers(), 0);
+        // An edge pin pulsed by an ISA device.
+        program(&mut io.lock().unwrap(), 4, 0x34);
+        out.take();
+        let com1 = IoapicPin::new(io.clone(), 4);
+        com1.pulse();
+        com1.pulse();
+        assert_eq!(out.triggers(), 2);
     }
 }

@@ -1,12 +1,12 @@
-//! Interrupt delivery for devices through KVM: MSI and MSI-X vectors as GSI routes with irqfds,
-//! INTx lines as IOAPIC pins with KVM_IRQ_LINE, the VT-d unit's event interrupts with
-//! KVM_SIGNAL_MSI; and device doorbells as ioeventfds.
+//! Interrupt delivery for devices through KVM's split irqchip (local APICs in the kernel): MSI and
+//! MSI-X vectors as GSI routes with irqfds, the VMM's I/O APIC pins as the MSI routes of GSIs 0-23
+//! fired with KVM_IRQ_LINE, the VT-d unit's event interrupts with KVM_SIGNAL_MSI; and device
+//! doorbells as ioeventfds.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use devices::{InterruptLine, IoEvents, MsiVectors};
+use devices::{IoEvents, MsiVectors};
 use iommu::{MsiMessage, MsiSender};
 use kvm_bindings::{
     KVM_IRQ_ROUTING_MSI, KvmIrqRouting, kvm_irq_routing_entry, kvm_irq_routing_entry__bindgen_ty_1,
@@ -196,43 +196,24 @@ impl IoEvents for KvmIoEvents {
     }
 }
 
-/// A PCI INTx line wired to an IOAPIC pin (a GSI) that other devices may share: the pin is
-/// asserted while any of its devices asserts it. The count of asserting devices lives under a lock
-/// that also orders the KVM calls, so a raise and a lower from two devices cannot land reversed.
+/// The I/O APIC's pins in KVM's split irqchip: pin n's redirection entry is mirrored as the MSI
+/// route of GSI n (KVM reads the level-triggered vectors of GSIs below 24 from the routing table
+/// to know which EOIs to report: KVM_EXIT_IOAPIC_EOI), and an interrupt on pin n is KVM_IRQ_LINE
+/// on GSI n, which sends that route's message to the in-kernel local APICs.
 #[derive(Debug)]
-pub struct KvmIrqLine {
-    vm: Arc<VmFd>,
-    gsi: u32,
-    asserted: AtomicBool,
-    shared: Arc<Mutex<u32>>,
+pub struct KvmIoapicRoutes {
+    pub vm: Arc<VmFd>,
+    pub router: Arc<GsiRouter>,
 }
 
-impl KvmIrqLine {
-    /// A device's line on `gsi`; `shared` is the pin's count, common to all devices on it.
-    pub fn new(vm: Arc<VmFd>, gsi: u32, shared: Arc<Mutex<u32>>) -> Self {
-        Self {
-            vm,
-            gsi,
-            asserted: AtomicBool::new(false),
-            shared,
-        }
+impl MsiVectors for KvmIoapicRoutes {
+    fn set_route(&self, pin: u16, msg: MsiMessage) {
+        self.router.set_msi(u32::from(pin), msg);
     }
-}
 
-impl InterruptLine for KvmIrqLine {
-    fn set_level(&self, asserted: bool) {
-        let mut count = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
-        if self.asserted.swap(asserted, Ordering::SeqCst) == asserted {
-            return;
-        }
-        *count = if asserted {
-            count.saturating_add(1)
-        } else {
-            count.saturating_sub(1)
-        };
-        let pin_changed = if asserted { *count == 1 } else { *count == 0 };
-        if pin_changed && let Err(e) = self.vm.set_irq_line(self.gsi, asserted) {
-            log::debug!("GSI {} not set: {e}", self.gsi);
+    fn trigger(&self, pin: u16) {
+        if let Err(e) = self.vm.set_irq_line(u32::from(pin), true) {
+            log::debug!("I/O APIC pin {pin} not delivered: {e}");
         }
     }
 }

@@ -3,9 +3,10 @@
 
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 
 use devices::Bus;
+use devices::ioapic::SharedIoapic;
 use kvm_bindings::KVM_EXIT_IO_IN;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use log::debug;
@@ -19,6 +20,8 @@ pub struct Shared {
     pub pio: Arc<Bus>,
     /// MMIO bus.
     pub mmio: Arc<Bus>,
+    /// The I/O APIC, for the EOIs of its level-triggered vectors.
+    pub ioapic: SharedIoapic,
     /// Where the VM's ending is recorded; once set, the thread leaves (kicked out of KVM_RUN by a
     /// signal if it is in there).
     pub latch: Arc<ExitLatch>,
@@ -81,6 +84,16 @@ pub fn run(index: usize, mut vcpu: VcpuFd, shared: Shared) -> String {
             // With the in-kernel LAPIC, KVM handles HLT itself; the interruption of KVM_RUN by our
             // kick signal also lands here.
             Ok(VcpuExit::Hlt | VcpuExit::Intr) => Next::Continue,
+            // A local APIC's EOI of a vector that KVM saw among the I/O APIC's level-triggered
+            // routes (split irqchip).
+            Ok(VcpuExit::IoapicEoi(vector)) => {
+                shared
+                    .ioapic
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .end_of_interrupt(vector);
+                Next::Continue
+            }
             Ok(VcpuExit::Shutdown) => Next::Crash("triple fault".into()),
             Ok(VcpuExit::InternalError) => {
                 let suberror = vcpu.get_kvm_run();

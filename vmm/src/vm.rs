@@ -12,6 +12,7 @@ use arch::layout::{self, MemoryLayout};
 use devices::Bus;
 use devices::dma::DmaHandle;
 use devices::edu::Edu;
+use devices::ioapic::{Ioapic, IoapicLine, IoapicPin, SharedIoapic};
 use devices::legacy::{
     ACPI_PM_LEN, AcpiPm, CMOS_PORT, CMOS_PORT_LEN, Cmos, EXIT_PORT, EXIT_PORT_LEN, ExitPort, I8042,
     I8042_DATA_PORT, IrqTrigger, RxDrained, Serial, system_clock,
@@ -22,11 +23,7 @@ use devices::virtio::pci::VirtioPci;
 use devices::vtd::IommuRegisters;
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use iommu::RemappingUnit;
-use kvm_bindings::{
-    KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
-    KVM_PIT_SPEAKER_DUMMY, kvm_irq_routing_entry, kvm_irq_routing_entry__bindgen_ty_1,
-    kvm_irq_routing_irqchip, kvm_pit_config, kvm_userspace_memory_region,
-};
+use kvm_bindings::{KVM_CAP_SPLIT_IRQCHIP, kvm_enable_cap, kvm_userspace_memory_region};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -34,7 +31,7 @@ use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 use crate::cli::{DeviceKind, DiskConfig, SerialOutput};
 use crate::console::{ExitWatcher, RawTerminal, StdinInput, serial_output};
-use crate::interrupts::{GsiRouter, KvmIoEvents, KvmIrqLine, KvmMsi, KvmMsiVectors};
+use crate::interrupts::{GsiRouter, KvmIoEvents, KvmIoapicRoutes, KvmMsi, KvmMsiVectors};
 use crate::outcome::{ExitLatch, Outcome};
 use crate::signals::{SignalWatcher, StatsSignal};
 use crate::vcpu;
@@ -166,11 +163,11 @@ fn host_err(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
 const KVM_API_VERSION: i32 = 12;
 
 const REQUIRED_CAPS: [Cap; 7] = [
-    Cap::Irqchip,
+    Cap::SplitIrqchip,
     Cap::UserMemory,
     Cap::SetTssAddr,
-    Cap::Pit2,
     Cap::ExtCpuid,
+    Cap::SignalMsi,
     Cap::IrqRouting,
     Cap::Irqfd,
 ];
@@ -179,8 +176,9 @@ const REQUIRED_CAPS: [Cap; 7] = [
 const PCI_CONFIG_PORT: u64 = 0xcf8;
 /// I/O BARs go here (base, size): above the legacy ports.
 const PCI_IO_WINDOW: (u64, u64) = (0xc000, 0x4000);
-/// MSI and MSI-X vectors get GSIs above the IOAPIC's.
-const FIRST_MSI_GSI: u32 = 24;
+/// The I/O APIC's pins, which are GSIs 0-23; MSI and MSI-X vectors get GSIs above them.
+const IOAPIC_PINS: u32 = devices::ioapic::PINS as u32;
+const FIRST_MSI_GSI: u32 = IOAPIC_PINS;
 
 /// COM1's port range and ISA IRQ.
 const COM1_PORT: u64 = 0x3f8;
@@ -236,7 +234,8 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
     ));
     let pio = Arc::new(Bus::new());
     let mmio = Arc::new(Bus::new());
-    let (serial, rx_drained) = add_legacy_devices(&vm, &pio, &latch, &config.serial)?;
+    let ioapic = add_ioapic(&vm, &router, &mmio)?;
+    let (serial, rx_drained) = add_legacy_devices(&ioapic, &pio, &latch, &config.serial)?;
     let unit = config
         .iommu
         .clone()
@@ -250,7 +249,14 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
         mem: mem.clone(),
         unit: unit.clone(),
     };
-    let workers = add_pci(&vm, &router, &dma, (&pio, &mmio), &config.devices, disks)?;
+    let workers = add_pci(
+        &vm,
+        (&router, &ioapic),
+        &dma,
+        (&pio, &mmio),
+        &config.devices,
+        disks,
+    )?;
 
     let supported = kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
@@ -283,6 +289,7 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
     let shared = vcpu::Shared {
         pio,
         mmio,
+        ioapic,
         latch: latch.clone(),
     };
     let mut threads = Vec::with_capacity(vcpus.len());
@@ -332,8 +339,10 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
     Ok(outcome)
 }
 
-/// Memory slots, the in-kernel LAPIC/IOAPIC/PIC and PIT, and PC interrupt routing (the router
-/// that MSI routes join later).
+/// Memory slots and KVM's split irqchip: local APICs in the kernel, the I/O APIC ours (no 8259
+/// PIC and no 8254 PIT, as in Cloud Hypervisor: Linux on KVM needs neither, and KVM offers its
+/// PIT only with its own PIC); then the GSI router that the I/O APIC's and devices' MSI routes
+/// join.
 fn set_up_platform(vm: &Arc<VmFd>, mem: &GuestMemoryMmap) -> Result<Arc<GsiRouter>, Error> {
     for (slot, region) in mem.iter().enumerate() {
         let region = kvm_userspace_memory_region {
@@ -351,48 +360,28 @@ fn set_up_platform(vm: &Arc<VmFd>, mem: &GuestMemoryMmap) -> Result<Arc<GsiRoute
         .map_err(kvm_err("set the TSS address"))?;
     vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDR)
         .map_err(kvm_err("set the identity map address"))?;
-    vm.create_irq_chip()
-        .map_err(kvm_err("create the in-kernel irqchip"))?;
-    vm.create_pit2(kvm_pit_config {
-        flags: KVM_PIT_SPEAKER_DUMMY,
+    // The argument reserves GSIs 0-23 for the I/O APIC's routes.
+    let mut split = kvm_enable_cap {
+        cap: KVM_CAP_SPLIT_IRQCHIP,
         ..Default::default()
-    })
-    .map_err(kvm_err("create the in-kernel PIT"))?;
-    let router = Arc::new(GsiRouter::new(vm.clone(), pc_irq_routing(), FIRST_MSI_GSI));
+    };
+    split.args[0] = u64::from(IOAPIC_PINS);
+    vm.enable_cap(&split)
+        .map_err(kvm_err("enable the split irqchip"))?;
+    let router = Arc::new(GsiRouter::new(vm.clone(), Vec::new(), FIRST_MSI_GSI));
     router.apply().map_err(kvm_err("set interrupt routing"))?;
     Ok(router)
 }
 
-/// GSIs 0-15 to the two 8259s and 0-23 to the IOAPIC pins, except that GSI 0 (the PIT) goes to IOAPIC
-/// pin 2, as the MADT's interrupt source override tells the guest.
-fn pc_irq_routing() -> Vec<kvm_irq_routing_entry> {
-    let route = |gsi: u32, irqchip: u32, pin: u32| kvm_irq_routing_entry {
-        gsi,
-        type_: KVM_IRQ_ROUTING_IRQCHIP,
-        u: kvm_irq_routing_entry__bindgen_ty_1 {
-            irqchip: kvm_irq_routing_irqchip { irqchip, pin },
-        },
-        ..Default::default()
-    };
-    let mut entries = Vec::with_capacity(40);
-    for gsi in 0..16 {
-        if gsi != 2 {
-            let chip = if gsi < 8 {
-                KVM_IRQCHIP_PIC_MASTER
-            } else {
-                KVM_IRQCHIP_PIC_SLAVE
-            };
-            entries.push(route(gsi, chip, gsi % 8));
-        }
-    }
-    for gsi in 0..24 {
-        entries.push(route(
-            gsi,
-            KVM_IRQCHIP_IOAPIC,
-            if gsi == 0 { 2 } else { gsi },
-        ));
-    }
-    entries
+/// The I/O APIC on the MMIO bus where the MADT says it is, its pins mirrored into KVM's routes.
+fn add_ioapic(vm: &Arc<VmFd>, router: &Arc<GsiRouter>, mmio: &Bus) -> Result<SharedIoapic, Error> {
+    let routes = Arc::new(KvmIoapicRoutes {
+        vm: vm.clone(),
+        router: router.clone(),
+    });
+    let ioapic = Arc::new(Mutex::new(Ioapic::new(arch::acpi::IOAPIC_ID, routes)));
+    mmio.insert(layout::IOAPIC_ADDR, devices::ioapic::SIZE, ioapic.clone())?;
+    Ok(ioapic)
 }
 
 /// The kernel and initramfs, opened, with the kernel's format checked.
@@ -470,16 +459,14 @@ fn load_kernel(
 /// COM1, the CMOS RTC, the i8042, the exit port and the ACPI sleep/reset registers, on the port-I/O
 /// bus.
 fn add_legacy_devices(
-    vm: &VmFd,
+    ioapic: &SharedIoapic,
     pio: &Bus,
     latch: &Arc<ExitLatch>,
     serial_out: &SerialOutput,
 ) -> Result<(Arc<Mutex<Serial>>, EventFd), Error> {
-    let irq = EventFd::new(EFD_NONBLOCK).map_err(host_err("create an event fd"))?;
+    let irq = IrqTrigger(IoapicPin::new(ioapic.clone(), COM1_IRQ as usize));
     let drained = EventFd::new(EFD_NONBLOCK).map_err(host_err("create an event fd"))?;
     let rx_drained = RxDrained(drained.try_clone().map_err(host_err("clone an event fd"))?);
-    vm.register_irqfd(&irq, COM1_IRQ)
-        .map_err(kvm_err("wire the serial interrupt"))?;
     let out = serial_output(serial_out).map_err(|source| match serial_out {
         SerialOutput::File(path) => Error::Open {
             what: "serial output",
@@ -491,7 +478,7 @@ fn add_legacy_devices(
             source,
         },
     })?;
-    let serial = Arc::new(Mutex::new(Serial::new(IrqTrigger(irq), rx_drained, out)));
+    let serial = Arc::new(Mutex::new(Serial::new(irq, rx_drained, out)));
     pio.insert(COM1_PORT, 8, serial.clone())?;
 
     pio.insert(
@@ -571,7 +558,7 @@ type Worker = Box<dyn MutEventSubscriber + Send>;
 /// workers.
 fn add_pci(
     vm: &Arc<VmFd>,
-    router: &Arc<GsiRouter>,
+    (router, ioapic): (&Arc<GsiRouter>, &SharedIoapic),
     dma: &DmaSource,
     (pio, mmio): (&Arc<Bus>, &Arc<Bus>),
     kinds: &[DeviceKind],
@@ -592,7 +579,10 @@ fn add_pci(
         let gsi = layout::pci_intx_gsi(slot, 0);
         let index = (gsi - layout::PCI_INTX_FIRST_GSI) as usize;
         let pin = pins.get(index).cloned().unwrap_or_default();
-        let line = Arc::new(KvmIrqLine::new(vm.clone(), gsi, pin));
+        let line = Arc::new(IoapicLine::new(
+            IoapicPin::new(ioapic.clone(), gsi as usize),
+            pin,
+        ));
         Ok((gsi, line, dma.handle(u16::from(slot) << 3)))
     };
     let vectors = |count: u16| -> Result<Arc<KvmMsiVectors>, Error> {
@@ -751,20 +741,5 @@ mod tests {
         assert_eq!(arch::acpi::S5_SLEEP_TYPE, dev::S5_SLEEP_TYPE);
         assert!(u64::from(arch::acpi::RESET_OFFSET) < ACPI_PM_LEN);
         assert_eq!(u64::from(arch::acpi::CMOS_PORT), dev::CMOS_PORT);
-    }
-
-    #[test]
-    fn irq_routing_matches_the_madt_override() {
-        let routing = pc_irq_routing();
-        let ioapic_pin = |gsi: u32| {
-            routing.iter().find_map(|e| {
-                // SAFETY: every entry built by pc_irq_routing is of type IRQCHIP.
-                let chip = unsafe { e.u.irqchip };
-                (e.gsi == gsi && chip.irqchip == KVM_IRQCHIP_IOAPIC).then_some(chip.pin)
-            })
-        };
-        assert_eq!(ioapic_pin(0), Some(2));
-        assert_eq!(ioapic_pin(COM1_IRQ), Some(COM1_IRQ));
-        assert_eq!(ioapic_pin(23), Some(23));
     }
 }

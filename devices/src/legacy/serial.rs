@@ -1,4 +1,4 @@
-//! COM1: vm-superio's 16550 UART, with its interrupt raised through an event fd.
+//! COM1: vm-superio's 16550 UART, its interrupt an edge on an I/O APIC pin.
 
 use std::io::Write;
 
@@ -8,16 +8,18 @@ use vm_superio::serial::SerialEvents;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::BusDevice;
+use crate::ioapic::IoapicPin;
 
-/// Raises an interrupt line by signalling an event fd (which the VMM wires to a KVM irqfd).
+/// Raises the UART's interrupt: an edge on its I/O APIC pin (ISA IRQ 4 for COM1).
 #[derive(Debug)]
-pub struct IrqTrigger(pub EventFd);
+pub struct IrqTrigger(pub IoapicPin);
 
 impl Trigger for IrqTrigger {
     type E = std::io::Error;
 
     fn trigger(&self) -> std::io::Result<()> {
-        self.0.write(1)
+        self.0.pulse();
+        Ok(())
     }
 }
 
@@ -91,6 +93,7 @@ impl BusDevice for Serial {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ioapic::testing::edge_pin;
     use std::sync::{Arc, Mutex};
 
     #[derive(Clone, Default)]
@@ -108,10 +111,10 @@ mod tests {
     #[test]
     fn transmits_bytes_and_raises_the_rx_interrupt() {
         let sink = Sink::default();
-        let evt = EventFd::new(libc_nonblock()).unwrap();
+        let (pin, irqs) = edge_pin(4);
         let drained = EventFd::new(libc_nonblock()).unwrap();
         let mut s = Serial::new(
-            IrqTrigger(evt.try_clone().unwrap()),
+            IrqTrigger(pin),
             RxDrained(drained.try_clone().unwrap()),
             Box::new(sink.clone()),
         );
@@ -125,8 +128,9 @@ mod tests {
         assert_ne!(lsr[0] & 0x20, 0);
         // Enable the received-data interrupt (IER bit 0), then type a byte.
         s.write(0x3f8, 1, &[1]);
+        irqs.take();
         assert_eq!(s.enqueue_input(b"x"), 1);
-        assert_eq!(evt.read().unwrap(), 1);
+        assert_eq!(irqs.triggers(), 1);
         assert!(drained.read().is_err(), "not drained while a byte waits");
         let mut rbr = [0u8; 1];
         s.read(0x3f8, 0, &mut rbr);
@@ -136,9 +140,12 @@ mod tests {
 
     #[test]
     fn input_beyond_the_fifo_is_refused_not_lost() {
-        let evt = EventFd::new(libc_nonblock()).unwrap();
         let drained = RxDrained(EventFd::new(libc_nonblock()).unwrap());
-        let mut s = Serial::new(IrqTrigger(evt), drained, Box::new(std::io::sink()));
+        let mut s = Serial::new(
+            IrqTrigger(edge_pin(4).0),
+            drained,
+            Box::new(std::io::sink()),
+        );
         let input = [b'a'; 100];
         let taken = s.enqueue_input(&input);
         assert!(taken > 0 && taken < input.len());
@@ -147,9 +154,12 @@ mod tests {
 
     #[test]
     fn odd_offsets_and_sizes_do_not_panic() {
-        let evt = EventFd::new(libc_nonblock()).unwrap();
         let drained = RxDrained(EventFd::new(libc_nonblock()).unwrap());
-        let mut s = Serial::new(IrqTrigger(evt), drained, Box::new(std::io::sink()));
+        let mut s = Serial::new(
+            IrqTrigger(edge_pin(4).0),
+            drained,
+            Box::new(std::io::sink()),
+        );
         let mut wide = [0u8; 4];
         s.read(0x3f8, 300, &mut wide);
         s.write(0x3f8, 300, &[1, 2, 3, 4]);

@@ -25,6 +25,20 @@ fn ioapic_write(reg: u32, v: u32) {
     }
 }
 
+fn ioapic_read(reg: u32) -> u32 {
+    // SAFETY: as above.
+    unsafe {
+        rt::mmio_write32(IOAPIC, reg);
+        rt::mmio_read32(IOAPIC + 0x10)
+    }
+}
+
+/// Remote IRR (bit 14) of the pin's redirection entry: set while a level-triggered interrupt it
+/// delivered waits for its EOI.
+fn remote_irr(pin: u32) -> bool {
+    ioapic_read(0x10 + 2 * pin) & (1 << 14) != 0
+}
+
 /// Runs a transfer and waits for it.
 fn dma(edu: &Edu, src: u64, dst: u64, count: u64, cmd: u64) {
     if !edu.dma(src, dst, count, cmd) {
@@ -147,5 +161,35 @@ fn main() -> ! {
         );
     }
     println!("intx: vector {:#x} on pin {}", INTX_VECTOR, line);
+
+    // The handler's EOI reached the IOAPIC (under a split irqchip, through KVM's EOI exit): remote
+    // IRR is clear again. A second round: delivered with interrupts off, the entry waits for its
+    // EOI (remote IRR set); taken at sti, the EOI clears it, and the pin can interrupt again.
+    if remote_irr(line) {
+        fail!("remote IRR still set after the handler's EOI");
+    }
+    let before = rt::interrupt_count(INTX_VECTOR);
+    edu.w32(0x60, 0x1);
+    let mut spins = 0u64;
+    while !remote_irr(line) {
+        spins += 1;
+        if spins > 1_000_000 {
+            fail!("INTx raised again, but the IOAPIC did not deliver it (remote IRR clear)");
+        }
+    }
+    edu.w32(0x64, 0x1);
+    rt::sti();
+    if !rt::wait_for_interrupt(INTX_VECTOR, before, 100_000_000) {
+        fail!("second INTx not delivered");
+    }
+    rt::cli();
+    if rt::interrupt_count(INTX_VECTOR) - before != 1 || remote_irr(line) {
+        fail!(
+            "second INTx: delivered {} times, remote IRR {}",
+            rt::interrupt_count(INTX_VECTOR) - before,
+            remote_irr(line)
+        );
+    }
+    println!("intx: remote IRR set until the EOI, then clear; delivered again");
     rt::pass()
 }
