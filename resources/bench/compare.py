@@ -31,6 +31,7 @@ import datetime
 import os
 import platform
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -71,10 +72,12 @@ def run(argv, want_status, timeout):
     {loop name: (seconds, ops, tsc, part_tsc)}). Exits the script if the run fails."""
     with tempfile.NamedTemporaryFile() as rss, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
+        # Its own process group, so the watchdog stops the VMM too, not only GNU time (the VMM
+        # would keep the pipe open and the read below waiting).
         proc = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", rss.name] + argv,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
-                                bufsize=0)
-        watchdog = threading.Timer(timeout, proc.kill)
+                                bufsize=0, start_new_session=True)
+        watchdog = threading.Timer(timeout, lambda: os.killpg(proc.pid, signal.SIGKILL))
         watchdog.start()
         begun, loops, lines = {}, {}, []
         for line in iter(proc.stdout.readline, b""):
@@ -196,8 +199,9 @@ def main():
     commit = version(["git", "-C", ROOT, "describe", "--always", "--dirty"])
     print(f"{datetime.date.today().isoformat()}, `resources/bench/compare.py --runs {args.runs} "
           f"--seconds {args.seconds}` at {commit}\n")
+    debian = version(["cat", "/etc/debian_version"])
     print(f"- machine: {cpu}, {os.cpu_count()} CPUs, Linux {platform.release()}, {kvm}, "
-          f"Debian {open('/etc/debian_version').read().strip()}")
+          f"Debian {debian}")
     build = f"binary {VMM}" if args.vmm else "release build"
     print(f"- ours: {version([VMM, '--version'])}, {version(['rustc', '--version'])}, {build}")
     print(f"- QEMU: {version(['qemu-system-x86_64', '--version'])}")
