@@ -55,7 +55,7 @@ mod entry {
     pub const DEST_SHIFT: u32 = 56;
     /// Bits the guest cannot write: delivery status and remote IRR.
     pub const READ_ONLY: u64 = DELIVERY_STATUS | REMOTE_IRR;
-    /// Reserved bits of the compatibility format (17-55), kept as written.
+    /// The reset value: masked, everything else 0.
     pub const RESET: u64 = MASKED;
 }
 
@@ -236,11 +236,12 @@ impl Ioapic {
             // A level input already asserted when the pin becomes level-triggered is a request.
             p.pending = p.level;
         }
-        let changed = p.entry & !entry::READ_ONLY != old & !entry::READ_ONLY;
-        let new = p.entry;
+        // Only a new message rewrites the route (in KVM, the whole routing table): masking and
+        // unmasking, which Linux does often, leave it alone.
+        let new = message(p.entry);
         let fire = p.take_request();
-        if changed {
-            self.out.set_route(pin as u16, message(new));
+        if new != message(old) {
+            self.out.set_route(pin as u16, new);
         }
         if fire {
             self.out.trigger(pin as u16);
@@ -587,6 +588,27 @@ mod tests {
     }
 
     #[test]
+    fn masking_and_unmasking_keep_the_route() {
+        let (mut io, out) = ioapic();
+        program(&mut io, 7, 0x37);
+        out.take();
+        program(&mut io, 7, 0x37 | entry::MASKED);
+        program(&mut io, 7, 0x37);
+        assert!(out.take().is_empty(), "no route rewrite for a mask toggle");
+        program(&mut io, 7, 0x38);
+        assert_eq!(
+            out.take(),
+            [Out::Route(
+                7,
+                MsiMessage {
+                    address: 0xfee0_0000,
+                    data: 0x38
+                }
+            )]
+        );
+    }
+
+    #[test]
     fn pins_out_of_range_are_ignored() {
         let (mut io, out) = ioapic();
         io.set_level(PINS, true);
@@ -613,16 +635,19 @@ mod tests {
                     _ => io.end_of_interrupt(b as u8),
                 }
             }
+            let sent = out.take();
+            for o in &sent {
+                let (Out::Trigger(pin) | Out::Route(pin, _)) = *o;
+                prop_assert!(usize::from(pin) < PINS);
+            }
             for pin in 0..PINS {
                 let e = io.entry(pin).unwrap();
                 if e & entry::REMOTE_IRR != 0 {
+                    // Set only by a delivery of a level-triggered pin.
                     prop_assert!(e & entry::LEVEL != 0, "pin {pin}: {e:#x}");
+                    prop_assert!(sent.contains(&Out::Trigger(pin as u16)), "pin {pin}: {e:#x}");
                 }
                 prop_assert_eq!(e & entry::DELIVERY_STATUS, 0);
-            }
-            for o in out.take() {
-                let (Out::Trigger(pin) | Out::Route(pin, _)) = o;
-                prop_assert!(usize::from(pin) < PINS);
             }
         }
     }
