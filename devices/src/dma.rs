@@ -73,6 +73,8 @@ impl DmaHandle {
             DmaHandle::Direct(mem) => mem
                 .write_slice(data, GuestAddress(addr))
                 .map_err(|_| DmaError::NotMemory(addr)),
+            // Nothing to write touches no page: no translation, so no fault (as for a read).
+            DmaHandle::Remapped { .. } if data.is_empty() => Ok(()),
             DmaHandle::Remapped { mem, iommu } => {
                 // The common case: one leaf covers the whole write.
                 let (gpa, avail) = iommu.translate_one(addr, Access::WRITE)?;
@@ -81,7 +83,8 @@ impl DmaHandle {
                         .write_slice(data, GuestAddress(gpa))
                         .map_err(|_| DmaError::NotMemory(gpa));
                 }
-                // Otherwise translate everything first, so a fault part-way leaves memory untouched.
+                // Otherwise translate everything first, so a translation fault part-way leaves
+                // memory untouched.
                 let mut chunks = Vec::new();
                 let mut done = 0usize;
                 while done < data.len() {
@@ -298,6 +301,18 @@ mod tests {
             direct.write(2 << 20, &[0]),
             Err(DmaError::NotMemory(2 << 20))
         );
+    }
+
+    /// An empty access at an unmapped address is no access: nothing is translated, nothing
+    /// faults, in either direction.
+    #[test]
+    fn empty_accesses_at_unmapped_addresses_do_not_fault() {
+        let (_mem, dma, unit) = remapped();
+        dma.write(0x2000, &[]).unwrap();
+        dma.read(0x2000, &mut []).unwrap();
+        let mut fsts = [0u8; 4];
+        unit.mmio_read(reg::FSTS, &mut fsts);
+        assert_eq!(u32::from_le_bytes(fsts) & iommu::spec::fsts::PPF, 0);
     }
 
     /// vm-memory code (virtqueues) run through a remapped handle sees the device's addresses:
