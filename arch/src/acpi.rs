@@ -234,7 +234,8 @@ fn madt(cpus: u8) -> Vec<u8> {
         madt.add_structure(ProcessorLocalApic::new(id, id, EnabledStatus::Enabled));
     }
     madt.add_structure(IoApic::new(IOAPIC_ID, IOAPIC_ADDR as u32, 0));
-    // As on a PC: the PIT's ISA IRQ 0 is wired to IOAPIC pin 2 (edge, active high: flags 0).
+    // As on a PC (and QEMU's q35): ISA IRQ 0 is IOAPIC pin 2 (edge, active high: flags 0). There
+    // is no PIT behind it; the override keeps the PC's ISA IRQ numbering, which guests assume.
     madt.add_structure(InterruptSourceOverride {
         kind: 2,
         length: 10,

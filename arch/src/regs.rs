@@ -151,7 +151,8 @@ const DELIVERY_MODE_MASK: u32 = 0x700;
 const DELIVERY_EXTINT: u32 = 0x700;
 const DELIVERY_NMI: u32 = 0x400;
 
-/// LINT0 receives the 8259's ExtINT and LINT1 the NMI, as on a PC.
+/// LINT0 set to ExtINT and LINT1 to NMI, the state a PC's firmware leaves (there is no 8259 to
+/// drive LINT0; Linux reprograms both).
 fn set_lint_pins(vcpu: &VcpuFd) -> Result<(), Error> {
     let mut lapic = vcpu.get_lapic().map_err(kvm("local APIC"))?;
     for (offset, mode) in [

@@ -38,16 +38,15 @@ impl MsiSender for KvmMsi {
     }
 }
 
-/// The VM's GSI routing table: the PC's fixed routes (legacy IRQs to the PIC and IOAPIC pins)
-/// plus one MSI route per device vector. KVM replaces the whole table on each update, so the
-/// table is kept here and rewritten whenever a guest reprograms a vector.
+/// The VM's GSI routing table, all MSI routes: GSIs 0-23 for the I/O APIC's pins (set as the guest
+/// programs their entries) and one per device vector from `first_msi_gsi`. KVM replaces the whole
+/// table on each update, so the table is kept here and rewritten whenever a route changes.
 pub struct GsiRouter {
     vm: Arc<VmFd>,
     table: Mutex<RouteTable>,
 }
 
 struct RouteTable {
-    fixed: Vec<kvm_irq_routing_entry>,
     msi: BTreeMap<u32, kvm_irq_routing_entry>,
     next_gsi: u32,
 }
@@ -62,12 +61,11 @@ impl std::fmt::Debug for GsiRouter {
 const MAX_GSI: u32 = 4096;
 
 impl GsiRouter {
-    /// A table holding `fixed` routes; MSI GSIs are allocated from `first_msi_gsi`.
-    pub fn new(vm: Arc<VmFd>, fixed: Vec<kvm_irq_routing_entry>, first_msi_gsi: u32) -> Self {
+    /// An empty table; device vectors get GSIs from `first_msi_gsi`.
+    pub fn new(vm: Arc<VmFd>, first_msi_gsi: u32) -> Self {
         Self {
             vm,
             table: Mutex::new(RouteTable {
-                fixed,
                 msi: BTreeMap::new(),
                 next_gsi: first_msi_gsi,
             }),
@@ -81,12 +79,7 @@ impl GsiRouter {
     /// Installs the current table in KVM.
     pub fn apply(&self) -> Result<(), kvm_ioctls::Error> {
         let table = self.table();
-        let entries: Vec<_> = table
-            .fixed
-            .iter()
-            .chain(table.msi.values())
-            .copied()
-            .collect();
+        let entries: Vec<_> = table.msi.values().copied().collect();
         let routing = KvmIrqRouting::from_entries(&entries)
             .map_err(|_| kvm_ioctls::Error::new(libc::E2BIG))?;
         self.vm.set_gsi_routing(&routing)

@@ -368,7 +368,7 @@ fn set_up_platform(vm: &Arc<VmFd>, mem: &GuestMemoryMmap) -> Result<Arc<GsiRoute
     split.args[0] = u64::from(IOAPIC_PINS);
     vm.enable_cap(&split)
         .map_err(kvm_err("enable the split irqchip"))?;
-    let router = Arc::new(GsiRouter::new(vm.clone(), Vec::new(), FIRST_MSI_GSI));
+    let router = Arc::new(GsiRouter::new(vm.clone(), FIRST_MSI_GSI));
     router.apply().map_err(kvm_err("set interrupt routing"))?;
     Ok(router)
 }
