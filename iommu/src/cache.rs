@@ -306,7 +306,7 @@ mod tests {
                     shift: 12,
                     page: i << 13,
                 };
-                hasher.hash_one(&key) & 0x7f
+                hasher.hash_one(key) & 0x7f
             })
             .collect();
         assert!(buckets.len() > 32, "{} of 128 buckets", buckets.len());
