@@ -395,6 +395,7 @@ mod tests {
         assert_eq!(odd, [0xff; 2], "16-bit accesses are not supported");
         let mut wide = [0u8; 8];
         e.bar_read(0, 0x80, &mut wide);
+        assert_ne!(wide, [0xff; 8], "64-bit accesses work from 0x80");
         e.bar_read(0, 0x08, &mut wide);
         assert_eq!(wide, [0xff; 8], "64-bit only from 0x80");
     }
