@@ -217,10 +217,13 @@ fn iommu_translates_remaps_and_faults_as_linux_programs_it() {
             run.stdout.contains(&format!("caching mode {cm}")),
             "{cmdline} {options}: {run:#?}"
         );
-        let probe = match &cmdline[9..16] {
-            "page=4k" => 0x20_0000_0000u64,
-            "page=2m" => 0x20_001f_f000,
-            _ => 0x20_3fff_f000,
+        // The last page of the remapped leaf, whatever its size.
+        let probe = if cmdline.contains("page=4k") {
+            0x20_0000_0000u64
+        } else if cmdline.contains("page=2m") {
+            0x20_001f_f000
+        } else {
+            0x20_3fff_f000
         };
         for kind in ["write", "read"] {
             let reason = if kind == "write" { 5 } else { 6 };
