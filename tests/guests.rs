@@ -30,6 +30,7 @@ fn hello_greets_and_powers_off_with_1_and_4_cpus_256m_and_6g() {
             .expect_line("Hello from the guest!")
             .expect_line("running at CPL3")
             .expect_line("self-IPI received")
+            .expect_line("serial interrupt: vector 0x44 on I/O APIC pin 4")
             .expect_line("PASS hello: powering off");
         }
     }

@@ -8,35 +8,17 @@
 
 use guests::rt::edu::Edu;
 use guests::rt::pci::{config_read32, config_write32};
-use guests::rt::{self, lapic};
+use guests::rt::{self, ioapic, lapic};
 use guests::{fail, println};
 
 guests::entry!(main);
 
 const MSI_VECTOR: u8 = 0x50;
 const INTX_VECTOR: u8 = 0x51;
-const IOAPIC: u64 = 0xfec0_0000;
-
-fn ioapic_write(reg: u32, v: u32) {
-    // SAFETY: the IOAPIC's index and data registers, identity-mapped.
-    unsafe {
-        rt::mmio_write32(IOAPIC, reg);
-        rt::mmio_write32(IOAPIC + 0x10, v);
-    }
-}
-
-fn ioapic_read(reg: u32) -> u32 {
-    // SAFETY: as above.
-    unsafe {
-        rt::mmio_write32(IOAPIC, reg);
-        rt::mmio_read32(IOAPIC + 0x10)
-    }
-}
-
 /// Remote IRR (bit 14) of the pin's redirection entry: set while a level-triggered interrupt it
 /// delivered waits for its EOI.
 fn remote_irr(pin: u32) -> bool {
-    ioapic_read(0x10 + 2 * pin) & (1 << 14) != 0
+    ioapic::entry(pin) & ioapic::REMOTE_IRR != 0
 }
 
 /// Runs a transfer and waits for it.
@@ -140,8 +122,7 @@ fn main() -> ! {
     // INTx through the IOAPIC: MSI off, the pin level-triggered to INTX_VECTOR. Raised and
     // acknowledged with interrupts off, the pending interrupt arrives once at sti, and not again.
     config_write32(dev, cap, config_read32(dev, cap) & !(1 << 16));
-    ioapic_write(0x11 + 2 * line, lapic::id() << 24);
-    ioapic_write(0x10 + 2 * line, u32::from(INTX_VECTOR) | (1 << 15));
+    ioapic::route(line, u32::from(INTX_VECTOR) | ioapic::LEVEL, lapic::id());
     let before = rt::interrupt_count(INTX_VECTOR);
     edu.w32(0x60, 0x1);
     edu.w32(0x64, 0x1);

@@ -8,6 +8,7 @@ pub mod acpi;
 pub mod bench;
 pub mod edu;
 pub mod io;
+pub mod ioapic;
 pub mod lapic;
 pub mod mem;
 pub mod multiboot;
