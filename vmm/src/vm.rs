@@ -278,6 +278,11 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
     }
 
     crate::signals::catch_usr1().map_err(host_err("install the SIGUSR1 handler"))?;
+    // Before the terminal goes raw and any vCPU runs: a SIGTERM, SIGINT or SIGHUP from here on
+    // stops the VM in order (its event fd keeps it until the event loop looks), never with the
+    // default action that would leave the terminal raw.
+    let signals = SignalWatcher::install(latch.clone())
+        .map_err(host_err("install the terminating-signal handlers"))?;
     // The kick signal only needs to interrupt KVM_RUN; its handler does nothing.
     extern "C" fn kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
     register_signal_handler(SIGRTMIN(), kick)
@@ -314,7 +319,7 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
 
     let outcome = wait_for_end(
         &latch,
-        wake,
+        (wake, signals),
         (serial, rx_drained),
         workers,
         unit.clone(),
@@ -633,7 +638,7 @@ fn add_pci(
 /// is set or the timeout expires.
 fn wait_for_end(
     latch: &Arc<ExitLatch>,
-    wake: EventFd,
+    (wake, signals): (EventFd, SignalWatcher),
     (serial, rx_drained): (Arc<Mutex<Serial>>, EventFd),
     workers: Vec<Worker>,
     unit: Option<RemappingUnit>,
@@ -650,12 +655,7 @@ fn wait_for_end(
     for worker in workers {
         events.add_subscriber(worker);
     }
-    match SignalWatcher::install(latch.clone()) {
-        Ok(watcher) => {
-            events.add_subscriber(Box::new(watcher));
-        }
-        Err(e) => log::warn!("terminating signals will not stop the VM in order: {e}"),
-    }
+    events.add_subscriber(Box::new(signals));
     if let Some(unit) = unit {
         match StatsSignal::install(Box::new(move || report_iommu_stats(&unit))) {
             Ok(watcher) => {
