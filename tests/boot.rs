@@ -373,7 +373,7 @@ fn sigusr1_prints_the_iommu_statistics() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(143), "{stderr}");
     let stats = "vmm: iommu: translations 0, iotlb hits 0, misses 0, walks 0, invalidations: \
-                 context 0, global 0, domain 0, page 0, wait 0, faults 0";
+                 context 0, global 0, domain 0, page 0, wait 0, iec 0, faults 0";
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(
         lines,

@@ -327,7 +327,7 @@ fn a_misprogrammed_iommu_gets_spec_faults_not_a_vmm_crash() {
 
 /// The unit's statistics line on stderr (`vmm: iommu: translations N, iotlb hits N, ...,
 /// invalidations: context N, ..., faults N`), by the word before each count: translations, hits,
-/// misses, walks, context, global, domain, page, wait, faults.
+/// misses, walks, context, global, domain, page, wait, iec, faults.
 struct IommuStats(std::collections::BTreeMap<String, u64>);
 
 impl IommuStats {

@@ -21,6 +21,10 @@ pub struct Config {
     pub queued_invalidation: bool,
     /// ECAP.PT: pass-through contexts.
     pub pass_through: bool,
+    /// ECAP.IR: interrupt remapping (needs queued invalidation).
+    pub interrupt_remapping: bool,
+    /// ECAP.EIM: extended interrupt mode, 32-bit x2APIC destinations (needs interrupt remapping).
+    pub extended_interrupt_mode: bool,
     /// ECAP.C: page walks snoop the CPU caches (the guest needs no cache flushes).
     pub coherent: bool,
     /// Number of fault recording registers (CAP.NFR + 1), 1 to 128.
@@ -35,8 +39,8 @@ pub struct Config {
 
 impl Default for Config {
     /// Settings that suit Linux's intel_iommu driver: 48-bit, no caching mode, PSI with a 512-page
-    /// mask, 2 MiB and 1 GiB pages, queued invalidation, pass-through, coherent walks, 8 fault
-    /// records, 16-bit domain ids.
+    /// mask, 2 MiB and 1 GiB pages, queued invalidation, pass-through, interrupt remapping with
+    /// x2APIC destinations, coherent walks, 8 fault records, 16-bit domain ids.
     fn default() -> Self {
         Self {
             aw_bits: 48,
@@ -47,6 +51,8 @@ impl Default for Config {
             superpages_1g: true,
             queued_invalidation: true,
             pass_through: true,
+            interrupt_remapping: true,
+            extended_interrupt_mode: true,
             coherent: true,
             fault_records: 8,
             domain_id_field: 6,
@@ -71,6 +77,12 @@ pub enum ConfigError {
     /// Bad address mask.
     #[error("maximum address mask {0}: at most 63")]
     AddressMask(u8),
+    /// Interrupt remapping without queued invalidation (the only way to invalidate its cache).
+    #[error("interrupt remapping needs queued invalidation")]
+    RemappingWithoutQueue,
+    /// Extended interrupt mode without interrupt remapping.
+    #[error("x2APIC destinations (eim) need interrupt remapping")]
+    EimWithoutRemapping,
 }
 
 /// CAP bit positions.
@@ -93,6 +105,8 @@ mod cap {
 mod ecap {
     pub const C: u64 = 1 << 0;
     pub const QI: u64 = 1 << 1;
+    pub const IR: u64 = 1 << 3;
+    pub const EIM: u64 = 1 << 4;
     pub const PT: u64 = 1 << 6;
     pub const IRO_SHIFT: u32 = 8;
     pub const MHMV_SHIFT: u32 = 20;
@@ -116,6 +130,12 @@ impl Config {
         }
         if self.max_address_mask > 63 {
             return Err(ConfigError::AddressMask(self.max_address_mask));
+        }
+        if self.interrupt_remapping && !self.queued_invalidation {
+            return Err(ConfigError::RemappingWithoutQueue);
+        }
+        if self.extended_interrupt_mode && !self.interrupt_remapping {
+            return Err(ConfigError::EimWithoutRemapping);
         }
         Ok(())
     }
@@ -162,6 +182,12 @@ impl Config {
         if self.pass_through {
             ecap |= ecap::PT;
         }
+        if self.interrupt_remapping {
+            ecap |= ecap::IR;
+        }
+        if self.extended_interrupt_mode {
+            ecap |= ecap::EIM;
+        }
         ecap
     }
 
@@ -193,13 +219,11 @@ mod tests {
         assert_eq!(ecap & 0b11, 0b11, "C and QI");
         assert_ne!(ecap & (1 << 6), 0, "PT");
         assert_eq!(((ecap >> 8) & 0x3ff) * 16, reg::IVA, "IRO");
-        for bit in [2, 3, 4, 43] {
-            assert_eq!(
-                ecap & (1 << bit),
-                0,
-                "DT, IR, EIM, SMTS stay off (bit {bit})"
-            );
+        assert_eq!((ecap >> 3) & 3, 0b11, "IR and EIM");
+        for bit in [2, 43] {
+            assert_eq!(ecap & (1 << bit), 0, "DT, SMTS stay off (bit {bit})");
         }
+        assert_eq!(cap & (1 << 59), 0, "no posted interrupts");
         // The registers' fault records fit the page.
         const { assert!(reg::FRCD + 16 * 128 <= 0x1000) };
     }
@@ -213,6 +237,8 @@ mod tests {
             superpages_1g: false,
             queued_invalidation: false,
             pass_through: false,
+            interrupt_remapping: false,
+            extended_interrupt_mode: false,
             ..Config::default()
         };
         let cap = c.cap();
@@ -221,7 +247,7 @@ mod tests {
         assert_ne!(cap & (1 << 7), 0);
         assert_eq!(cap & (1 << 39), 0);
         assert_eq!((cap >> 34) & 0xf, 0b01);
-        assert_eq!(c.ecap() & 0b110, 0);
+        assert_eq!(c.ecap() & 0b1_1110, 0, "no QI, IR, EIM");
         assert_eq!(
             Config {
                 aw_bits: 57,
@@ -238,5 +264,21 @@ mod tests {
             .validate(),
             Err(ConfigError::FaultRecords(0))
         );
+        let no_qi = Config {
+            queued_invalidation: false,
+            ..Config::default()
+        };
+        assert_eq!(no_qi.validate(), Err(ConfigError::RemappingWithoutQueue));
+        let eim_alone = Config {
+            interrupt_remapping: false,
+            ..Config::default()
+        };
+        assert_eq!(eim_alone.validate(), Err(ConfigError::EimWithoutRemapping));
+        let xapic_only = Config {
+            extended_interrupt_mode: false,
+            ..Config::default()
+        };
+        xapic_only.validate().unwrap();
+        assert_eq!((xapic_only.ecap() >> 3) & 3, 0b01, "IR without EIM");
     }
 }

@@ -3,6 +3,7 @@
 //! descriptor (unknown or unsupported type, reserved bits, a status write outside memory) sets
 //! FSTS.IQE with IQH left on it, and nothing more is fetched until software clears IQE.
 
+use crate::intremap::InterruptCacheScope;
 use crate::regs::Regs;
 use crate::spec::{desc, fsts, gcmd, iq};
 use crate::translate::{read_u64, write_u32};
@@ -62,6 +63,21 @@ pub(crate) fn process(inner: &Inner, regs: &mut Regs, out: &mut Vec<MsiMessage>)
     regs.iqh = head << 4;
 }
 
+/// The entries an interrupt entry cache descriptor names: all of them (G = 0), or 2^IM entries
+/// from IIDX with its low IM bits ignored.
+fn iec_scope(lo: u64) -> InterruptCacheScope {
+    if lo & desc::IEC_INDEX_SELECTIVE == 0 {
+        return InterruptCacheScope::All;
+    }
+    let index = ((lo >> 32) & 0xffff) as u16;
+    let mask = (1u32 << ((lo >> 27) & 0x1f)).wrapping_sub(1);
+    let span = u16::try_from(mask).unwrap_or(u16::MAX);
+    InterruptCacheScope::Entries {
+        first: index & !span,
+        last: index | span,
+    }
+}
+
 /// Executes one descriptor; false if it is malformed or unsupported.
 fn execute(inner: &Inner, regs: &mut Regs, lo: u64, hi: u64, out: &mut Vec<MsiMessage>) -> bool {
     if lo & desc::TYPE_HIGH_MASK != 0 {
@@ -86,9 +102,20 @@ fn execute(inner: &Inner, regs: &mut Regs, lo: u64, hi: u64, out: &mut Vec<MsiMe
             inner.invalidate_iotlb(gran, did, hi & !0xfff, (hi & 0x3f) as u32);
             true
         }
-        // Interrupt remapping is not offered, so there is no entry cache to invalidate; the
-        // descriptor is well-formed and completes.
-        desc::IEC => lo & !allowed::IEC_LO == 0 && hi == 0,
+        desc::IEC => {
+            if lo & !allowed::IEC_LO != 0 || hi != 0 {
+                return false;
+            }
+            inner
+                .stats
+                .inv_iec
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Without interrupt remapping nothing is cached; the descriptor still completes.
+            if inner.config.interrupt_remapping {
+                inner.interrupt_cache_invalidated(iec_scope(lo));
+            }
+            true
+        }
         desc::WAIT => {
             if lo & !allowed::WAIT_LO != 0 || hi & !allowed::WAIT_HI != 0 {
                 return false;

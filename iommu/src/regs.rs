@@ -5,9 +5,11 @@
 //! the commands in the high half (CCMD.ICC, IOTLB.IVT) act when that half is written; IQT acts on
 //! its low half, which is all Linux writes.
 
+use std::sync::PoisonError;
 use std::sync::atomic::Ordering;
 
-use crate::spec::{FaultReason, VERSION, ccmd, event, fsts, gcmd, iotlb, reg};
+use crate::intremap::InterruptCacheScope;
+use crate::spec::{FaultReason, VERSION, ccmd, event, fsts, gcmd, iotlb, irta, reg};
 use crate::unit::{Inner, MsiMessage, RemappingUnit};
 
 /// One fault recording register (section 11.4.7.2): 128 bits.
@@ -403,13 +405,45 @@ fn global_command(inner: &Inner, regs: &mut Regs, value: u32, out: &mut Vec<MsiM
         inner.translation_changed();
         gsts |= gcmd::SRTP;
     }
-    if value & gcmd::SIRTP != 0 {
-        // Latched for interrupt remapping, which this unit does not offer yet (ECAP.IR = 0).
-        gsts |= gcmd::SIRTP;
+    if inner.config.interrupt_remapping {
+        interrupt_remapping_command(inner, regs, value, &mut gsts);
     }
-    // WBF completes at once, so its status never shows; SFL/EAFL/IRE/CFI are not offered.
+    // WBF completes at once, so its status never shows; SFL and EAFL are not offered.
     regs.gsts = gsts;
     let _ = out;
+}
+
+/// The interrupt-remapping part of GCMD: SIRTP latches IRTA; IRE and CFI are level commands.
+/// Any of them changes how interrupts translate, so the interrupt cache listener hears of it
+/// before the write completes.
+fn interrupt_remapping_command(inner: &Inner, regs: &Regs, value: u32, gsts: &mut u32) {
+    let old = *gsts;
+    let mut changed = false;
+    {
+        let mut guard = inner.ir.write().unwrap_or_else(PoisonError::into_inner);
+        let ir = &mut *guard;
+        if value & gcmd::SIRTP != 0 {
+            ir.table = regs.irta & !0xfff;
+            ir.entries = 2 << (regs.irta & irta::S_MASK);
+            ir.eime = regs.irta & irta::EIME != 0 && inner.config.extended_interrupt_mode;
+            *gsts |= gcmd::SIRTP;
+            changed = true;
+        }
+        for (bit, field) in [
+            (gcmd::IRE, &mut ir.enabled),
+            (gcmd::CFI, &mut ir.compatibility),
+        ] {
+            let on = value & bit != 0;
+            if on != (old & bit != 0) {
+                *gsts = (*gsts & !bit) | (value & bit);
+                *field = on;
+                changed = true;
+            }
+        }
+    }
+    if changed {
+        inner.interrupt_cache_invalidated(InterruptCacheScope::All);
+    }
 }
 
 /// CCMD with ICC set: register-based context-cache invalidation.

@@ -177,6 +177,8 @@ pub mod desc {
     pub const TYPE_HIGH_MASK: u64 = 0xe00;
     /// Granularity field (bits 5:4) of context and IOTLB descriptors.
     pub const GRANULARITY_SHIFT: u32 = 4;
+    /// Interrupt entry cache descriptor: index-selective (else global).
+    pub const IEC_INDEX_SELECTIVE: u64 = 1 << 4;
     /// Wait descriptor: interrupt flag.
     pub const WAIT_IF: u64 = 1 << 4;
     /// Wait descriptor: status write.
@@ -216,17 +218,37 @@ pub enum FaultReason {
     ContextReserved = 0xb,
     /// A present second-level paging entry has a reserved bit set.
     PagingEntryReserved = 0xc,
+    /// A remappable-format interrupt request has a reserved field set.
+    InterruptRequestReserved = 0x20,
+    /// The interrupt index is beyond the interrupt remapping table's size.
+    InterruptIndexBeyondTable = 0x21,
+    /// The interrupt remapping table entry is not present.
+    InterruptEntryNotPresent = 0x22,
+    /// The interrupt remapping table entry could not be read (not in memory).
+    InterruptTableInaccessible = 0x23,
+    /// A present interrupt remapping table entry has a reserved field set.
+    InterruptEntryReserved = 0x24,
+    /// A compatibility-format interrupt request was blocked (CFI clear, or extended interrupt
+    /// mode).
+    CompatibilityBlocked = 0x25,
+    /// The requester's source-id failed the entry's verification.
+    InterruptSourceBlocked = 0x26,
 }
 
 impl FaultReason {
     /// Whether the context entry's fault processing disable (FPD) bit suppresses recording of this
     /// fault: faults found at the context entry (whose FPD hardware reads even when P is clear)
-    /// or below it. Faults at the root entry, and reserved bits in the context entry, are always
+    /// or below it, and interrupt-remapping faults found at a table entry (not present, reserved
+    /// bits, source-id check), whose FPD bit counts. Faults at the root entry, reserved bits in the
+    /// context entry, and faults in decoding an interrupt request or reaching its entry are always
     /// recorded.
     pub fn qualified(self) -> bool {
         matches!(
             self,
-            FaultReason::ContextNotPresent
+            FaultReason::InterruptEntryNotPresent
+                | FaultReason::InterruptEntryReserved
+                | FaultReason::InterruptSourceBlocked
+                | FaultReason::ContextNotPresent
                 | FaultReason::ContextInvalid
                 | FaultReason::AddressBeyondWidth
                 | FaultReason::WriteNotAllowed
@@ -284,6 +306,82 @@ pub mod slpte {
     pub const PS: u64 = 1 << 7;
     /// The address field (bits 51:12; bits above the host address width are reserved).
     pub const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+}
+
+/// Interrupt remapping table entries, remapped format (section 9.10): 128 bits.
+pub mod irte {
+    /// Present.
+    pub const P: u64 = 1;
+    /// Fault processing disable (read even when P is clear).
+    pub const FPD: u64 = 1 << 1;
+    /// Destination mode: logical.
+    pub const DM: u64 = 1 << 2;
+    /// Redirection hint.
+    pub const RH: u64 = 1 << 3;
+    /// Trigger mode: level.
+    pub const TM: u64 = 1 << 4;
+    /// Delivery mode (bits 7:5).
+    pub const DLM_SHIFT: u32 = 5;
+    /// Vector (bits 23:16).
+    pub const VECTOR_SHIFT: u32 = 16;
+    /// Destination id (bits 63:32): the whole field in extended interrupt mode (x2APIC), bits
+    /// 47:40 otherwise.
+    pub const DEST_SHIFT: u32 = 32;
+    /// Reserved in the low quadword: 14:12, the posted mode bit 15 (no posted interrupts here)
+    /// and 31:24.
+    pub const LOW_RESERVED: u64 = 0xff00_f000;
+    /// Reserved destination bits outside extended interrupt mode: 63:48 and 39:32.
+    pub const XAPIC_DEST_RESERVED: u64 = 0xffff_00ff_0000_0000;
+    /// Source-id qualifier (high quadword bits 17:16).
+    pub const SQ_SHIFT: u32 = 16;
+    /// Source validation type (high quadword bits 19:18).
+    pub const SVT_SHIFT: u32 = 18;
+    /// SVT: verify the requester against SID and SQ.
+    pub const SVT_SID: u64 = 1;
+    /// SVT: the requester's bus must lie between SID's bytes (start 15:8, end 7:0).
+    pub const SVT_BUS: u64 = 2;
+    /// SVT: reserved.
+    pub const SVT_RESERVED: u64 = 3;
+    /// The requester-id bits an SQ value (0 to 3) leaves out of the comparison: none, bit 2,
+    /// bits 2:1, bits 2:0.
+    pub fn sq_ignored(sq: u64) -> u16 {
+        0b111 & !((1u16 << (3 - (sq & 3))) - 1)
+    }
+    /// Reserved in the high quadword: 63:20.
+    pub const HIGH_RESERVED: u64 = !0xf_ffff;
+}
+
+/// Interrupt requests (MSI address and data, section 5.1.2): the remappable format and the
+/// compatibility-format fields a remapped interrupt is delivered with.
+pub mod msi {
+    /// Address bit 4: interrupt format is remappable.
+    pub const REMAPPABLE: u64 = 1 << 4;
+    /// Address bit 3: subhandle valid (the data's low 16 bits are added to the handle).
+    pub const SHV: u64 = 1 << 3;
+    /// Address bits 19:5 hold handle bits 14:0.
+    pub const HANDLE_SHIFT: u32 = 5;
+    /// Handle bits 14:0 once shifted down.
+    pub const HANDLE_LOW_MASK: u64 = 0x7fff;
+    /// Address bit 2 holds handle bit 15.
+    pub const HANDLE_15_BIT: u32 = 2;
+    /// The data's subhandle (bits 15:0); bits 31:16 are reserved when SHV is set.
+    pub const SUBHANDLE_MASK: u32 = 0xffff;
+    /// Compatibility format: redirection hint (address bit 3).
+    pub const REDIRECTION_HINT: u64 = 1 << 3;
+    /// Compatibility format: logical destination mode (address bit 2).
+    pub const LOGICAL: u64 = 1 << 2;
+    /// Compatibility format data: level asserted (bit 14).
+    pub const DATA_ASSERT: u32 = 1 << 14;
+    /// Compatibility format data: level-triggered (bit 15).
+    pub const DATA_LEVEL: u32 = 1 << 15;
+}
+
+/// Interrupt remapping table address register (section 11.4.10).
+pub mod irta {
+    /// Extended interrupt mode enable: x2APIC destinations (needs ECAP.EIM).
+    pub const EIME: u64 = 1 << 11;
+    /// Table size field: 2^(S + 1) entries.
+    pub const S_MASK: u64 = 0xf;
 }
 
 /// The interrupt address range: requests without PASID here are interrupt messages.

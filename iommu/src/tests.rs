@@ -1136,7 +1136,7 @@ fn the_statistics_count_every_translation_including_the_handles_own_hits() {
     assert_eq!(
         s.to_string(),
         "translations 4, iotlb hits 2, misses 2, walks 2, invalidations: context 0, global 0, \
-         domain 1, page 1, wait 1, faults 1"
+         domain 1, page 1, wait 1, iec 0, faults 1"
     );
 }
 
@@ -1151,3 +1151,5 @@ fn untranslated_lookups_count_as_translations_not_iotlb_hits() {
     let s = rig.unit.snapshot();
     assert_eq!((s.translations, s.iotlb_hits, s.iotlb_misses), (3, 0, 0));
 }
+
+mod intremap;

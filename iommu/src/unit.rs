@@ -11,12 +11,15 @@
 //! the generation moves.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{
+    Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak,
+};
 
 use crate::Memory;
 use crate::cache::{ContextCache, Iotlb};
 use crate::config::{Config, ConfigError};
 use crate::handle::DeviceHandle;
+use crate::intremap::{InterruptCacheListener, IrState};
 use crate::regs::Regs;
 use crate::spec::{FaultReason, granularity};
 pub(crate) use crate::translate::Failure;
@@ -58,7 +61,9 @@ pub struct Stats {
     pub inv_page: AtomicU64,
     /// Invalidation wait descriptors.
     pub inv_wait: AtomicU64,
-    /// Faults detected (recorded or not).
+    /// Interrupt entry cache invalidations.
+    pub inv_iec: AtomicU64,
+    /// Faults detected (recorded or not), interrupt-remapping faults included.
     pub faults: AtomicU64,
 }
 
@@ -85,18 +90,20 @@ pub struct StatsSnapshot {
     pub inv_page: u64,
     /// Invalidation wait descriptors.
     pub inv_wait: u64,
-    /// Faults detected (recorded or not).
+    /// Interrupt entry cache invalidations.
+    pub inv_iec: u64,
+    /// Faults detected (recorded or not), interrupt-remapping faults included.
     pub faults: u64,
 }
 
 /// One line: `translations 10, iotlb hits 8, misses 2, walks 2, invalidations: context 1,
-/// global 1, domain 0, page 3, wait 4, faults 1`.
+/// global 1, domain 0, page 3, wait 4, iec 1, faults 1`.
 impl std::fmt::Display for StatsSnapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
             "translations {}, iotlb hits {}, misses {}, walks {}, invalidations: context {}, \
-             global {}, domain {}, page {}, wait {}, faults {}",
+             global {}, domain {}, page {}, wait {}, iec {}, faults {}",
             self.translations,
             self.iotlb_hits,
             self.iotlb_misses,
@@ -106,6 +113,7 @@ impl std::fmt::Display for StatsSnapshot {
             self.inv_domain,
             self.inv_page,
             self.inv_wait,
+            self.inv_iec,
             self.faults,
         )
     }
@@ -157,6 +165,10 @@ pub(crate) struct Inner {
     /// The root table pointer latched by the last SRTP.
     pub root_table: AtomicU64,
     pub generation: AtomicU64,
+    /// Interrupt remapping as the registers last set it.
+    pub ir: RwLock<IrState>,
+    /// Who caches interrupt translations.
+    pub ir_listener: OnceLock<Weak<dyn InterruptCacheListener>>,
     contexts: RwLock<ContextCache>,
     iotlb: RwLock<Iotlb>,
     pub stats: Stats,
@@ -359,6 +371,8 @@ impl RemappingUnit {
             te: AtomicBool::new(false),
             root_table: AtomicU64::new(0),
             generation: AtomicU64::new(0),
+            ir: RwLock::new(IrState::default()),
+            ir_listener: OnceLock::new(),
             stats: Stats::default(),
             handle_hits: Mutex::new(Vec::new()),
         };
@@ -401,6 +415,7 @@ impl RemappingUnit {
             inv_domain: n(&s.inv_domain),
             inv_page: n(&s.inv_page),
             inv_wait: n(&s.inv_wait),
+            inv_iec: n(&s.inv_iec),
             faults: n(&s.faults),
         }
     }
