@@ -162,6 +162,78 @@ fn edu_dma_with_msi_and_intx() {
         .expect_line("FAIL edu: no edu device (1234:11e8)");
 }
 
+/// Interrupt remapping, set up as Linux sets it up: the edu device's MSI through a remapping
+/// table entry with a subhandle, the entry's IEC invalidation changing the delivered vector, a
+/// non-present entry and a failed source-id check recorded (reason, index, requester) with nothing
+/// delivered, compatibility-format MSIs blocked (let through by CFI only in xAPIC mode), edu's INTx
+/// through a remappable I/O APIC entry ended by the EOI register, and each AP reached through its
+/// own entry: x2APIC destinations (EIM) with 4 vCPUs, xAPIC ones with 2. With `intremap=off` the
+/// DMAR table does not claim interrupt remapping.
+#[test]
+fn interrupt_remapping_of_msis_and_ioapic_pins_with_x2apic_and_xapic_destinations() {
+    if !kvm_or_skip(
+        "interrupt_remapping_of_msis_and_ioapic_pins_with_x2apic_and_xapic_destinations",
+    ) {
+        return;
+    }
+    let program = guest("intremap");
+    let kernel = program.to_str().unwrap();
+    for (iommu, eim, cpus, faults) in [("", "on", "4", 4), ("eim=off", "off", "2", 3)] {
+        let cmdline = format!("eim={eim} cpus={cpus}");
+        let mut args = vec!["--kernel", kernel, "--device", "edu", "--cpus", cpus];
+        args.extend(["--iommu", iommu, "--cmdline", &cmdline, "--timeout", "60"]);
+        let run = vmm(&args);
+        let mode = if eim == "on" { "x2APIC" } else { "xAPIC" };
+        run.expect_status(PASS)
+            .expect_line("dmar: INTR_REMAP, I/O APIC 0 at source-id f0:1f.0")
+            .expect_line(&format!("ir: enabled, 256 entries, {mode} destinations"))
+            .expect_line("msi: remapped through entry 0x11 to vector 0x50")
+            .expect_line("iec: before the invalidation vector 0x50 (cached), after it 0x52")
+            .expect_line("absent entry: blocked, fault reason 0x22 index 0x20 source 00:01.0")
+            .expect_line(
+                "other requester's entry: blocked, fault reason 0x26 index 0x21 source 00:01.0",
+            )
+            .expect_line("sid: entry 0x21 verified against 00:01.0")
+            .expect_line("compatibility msi: blocked, fault reason 0x25 index 0x0 source 00:01.0")
+            .expect_line(
+                "ioapic: pin 16 remapped through entry 0x30 to vector 0x54; EOI register clears \
+                 remote IRR",
+            )
+            .expect_line("PASS intremap");
+        if eim == "on" {
+            run.expect_line(
+                "compatibility msi with CFI in x2APIC mode: blocked, fault reason 0x25 index 0x0 \
+                 source 00:01.0",
+            );
+        } else {
+            run.expect_line("compatibility msi with CFI: delivered");
+        }
+        for id in 1..cpus.parse::<u32>().unwrap() {
+            run.expect_line(&format!(
+                "cpu {id}: vector 0x58 through entry {:#x} ({mode} destination {id})",
+                0x40 + id
+            ));
+        }
+        let stats = IommuStats::of(&run);
+        assert_eq!(stats.get("iec"), 3, "{run:#?}");
+        assert_eq!(stats.get("faults"), faults, "{run:#?}");
+    }
+    vmm(&[
+        "--kernel",
+        kernel,
+        "--device",
+        "edu",
+        "--iommu",
+        "intremap=off",
+        "--cmdline",
+        "eim=off cpus=1",
+        "--timeout",
+        "60",
+    ])
+    .expect_status(3)
+    .expect_line("FAIL intremap: DMAR flags 0x0: want INTR_REMAP without X2APIC_OPT_OUT");
+}
+
 /// The `iommu` program drives the unit as Linux does, with the edu device's DMA going through it:
 /// 3- and 4-level tables, 4 KiB, 2 MiB and 1 GiB leaves, queued and register-based invalidation,
 /// caching mode on and off. Each run checks a round trip through mapped IOVAs, a remapped IOVA

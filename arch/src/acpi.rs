@@ -45,6 +45,10 @@ pub const RESET_VALUE: u8 = 1;
 pub const S5_SLEEP_TYPE: u8 = 5;
 /// The IOAPIC's id in the MADT (and its ID register's reset value in the VMM's I/O APIC).
 pub const IOAPIC_ID: u8 = 0;
+/// The IOAPIC's source-id as the DMAR table's I/O APIC scope names it: bus 0xf0, device 0x1f,
+/// function 0, as on Intel chipsets (off bus 0, so no PCI function shares it). Interrupt-remapping
+/// faults of its interrupts carry it.
+pub const IOAPIC_SOURCE_ID: u16 = 0xf0f8;
 /// The CMOS RTC's index port (data follows), as the DSDT describes it.
 pub const CMOS_PORT: u16 = 0x70;
 /// COM1's port and interrupt.
@@ -257,24 +261,37 @@ fn madt(cpus: u8) -> Vec<u8> {
     to_bytes(&madt)
 }
 
-/// DMAR: one DMA-remapping hardware unit (DRHD) at `register_base` covering every PCI device of
-/// segment 0 (INCLUDE_PCI_ALL), for a host address width of `aw_bits`. No interrupt remapping is
-/// claimed (flags 0), so no IOAPIC scope is needed.
-pub fn dmar(aw_bits: u8, register_base: u64) -> Vec<u8> {
+/// DMAR: one remapping hardware unit (DRHD) at `register_base` covering every PCI device of
+/// segment 0 (INCLUDE_PCI_ALL) and the I/O APIC (a device scope naming its MADT id, which Linux
+/// needs before it remaps interrupts), for a host address width of `aw_bits`; the INTR_REMAP flag
+/// when the unit remaps interrupts. X2APIC_OPT_OUT is never set.
+pub fn dmar(aw_bits: u8, register_base: u64, interrupt_remapping: bool) -> Vec<u8> {
     /// Header, host address width, flags and 10 reserved bytes.
     const DMAR_HEADER: u32 = 48;
-    /// A DRHD without device scopes.
+    const DMAR_INTR_REMAP: u8 = 1;
+    /// A DRHD's own fields, before its device scopes.
     const DRHD_LEN: u16 = 16;
     const DRHD_INCLUDE_PCI_ALL: u8 = 1;
+    /// A device scope with a one-step path.
+    const SCOPE_LEN: u8 = 8;
+    const SCOPE_IOAPIC: u8 = 3;
     let mut table = Sdt::new(*b"DMAR", DMAR_HEADER, 1, OEM_ID, *b"VMMDMAR ", OEM_REVISION);
     table.write_u8(36, aw_bits.saturating_sub(1));
-    let mut drhd = Vec::with_capacity(usize::from(DRHD_LEN));
+    if interrupt_remapping {
+        table.write_u8(37, DMAR_INTR_REMAP);
+    }
+    let len = DRHD_LEN + u16::from(SCOPE_LEN);
+    let mut drhd = Vec::with_capacity(usize::from(len));
     drhd.extend_from_slice(&0u16.to_le_bytes()); // type 0: DRHD
-    drhd.extend_from_slice(&DRHD_LEN.to_le_bytes());
+    drhd.extend_from_slice(&len.to_le_bytes());
     drhd.push(DRHD_INCLUDE_PCI_ALL);
     drhd.push(0); // size: 2^0 register pages
     drhd.extend_from_slice(&0u16.to_le_bytes()); // PCI segment 0
     drhd.extend_from_slice(&register_base.to_le_bytes());
+    // The I/O APIC: its MADT id as enumeration id, its source-id as start bus and path.
+    let [bus, devfn] = IOAPIC_SOURCE_ID.to_be_bytes();
+    drhd.extend_from_slice(&[SCOPE_IOAPIC, SCOPE_LEN, 0, 0, IOAPIC_ID, bus]);
+    drhd.extend_from_slice(&[devfn >> 3, devfn & 7]);
     table.append_slice(&drhd);
     table.as_slice().to_vec()
 }
@@ -418,25 +435,31 @@ mod tests {
         let t = Tables::build(
             1,
             &MemoryLayout::new(1 << 30),
-            &[dmar(48, crate::layout::IOMMU_BASE)],
+            &[dmar(48, crate::layout::IOMMU_BASE, true)],
         )
         .unwrap();
         let d = t.table(b"DMAR").unwrap();
         assert_eq!(sum(d), 0);
-        assert_eq!(d.len(), 64);
+        assert_eq!(d.len(), 72);
         assert_eq!(d[8], 1, "revision");
         assert_eq!(d[36], 47, "host address width - 1");
-        assert_eq!(d[37], 0, "no interrupt remapping claimed");
-        assert_eq!(&d[48..52], &[0, 0, 16, 0], "DRHD, 16 bytes");
+        assert_eq!(d[37], 1, "INTR_REMAP, no X2APIC_OPT_OUT");
+        assert_eq!(&d[48..52], &[0, 0, 24, 0], "DRHD, 24 bytes with its scope");
         assert_eq!(d[52], 1, "INCLUDE_PCI_ALL");
         assert_eq!(u16::from_le_bytes([d[54], d[55]]), 0, "segment");
         assert_eq!(
             u64::from_le_bytes(d[56..64].try_into().unwrap()),
             0xfed9_0000
         );
+        assert_eq!(
+            &d[64..72],
+            &[3, 8, 0, 0, IOAPIC_ID, 0xf0, 0x1f, 0],
+            "I/O APIC scope: enumeration id, bus 0xf0, path 1f.0"
+        );
         let xsdt = t.table(b"XSDT").unwrap();
         assert_eq!((xsdt.len() - 36) / 8, 4, "FACP, APIC, MCFG, DMAR");
-        assert_eq!(dmar(39, 0)[36], 38);
+        assert_eq!(dmar(39, 0, true)[36], 38);
+        assert_eq!(dmar(48, 0, false)[37], 0, "no interrupt remapping claimed");
     }
 
     #[test]
@@ -461,7 +484,7 @@ mod tests {
         let t = Tables::build(
             2,
             &MemoryLayout::new(6 << 30),
-            &[dmar(48, crate::layout::IOMMU_BASE)],
+            &[dmar(48, crate::layout::IOMMU_BASE, true)],
         )
         .unwrap();
         let dir = std::env::temp_dir().join(format!("vmm-acpi-{}", std::process::id()));
@@ -491,9 +514,13 @@ mod tests {
                 let flat: String = dsl.split_whitespace().collect();
                 for field in [
                     "HostAddressWidth:2F",
-                    "SubtableType:0000[HardwareUnitDefinition]",
                     "Flags:01",
+                    "SubtableType:0000[HardwareUnitDefinition]",
                     "RegisterBaseAddress:00000000FED90000",
+                    "DeviceScopeType:03[IOAPICDevice]",
+                    "EnumerationID:00",
+                    "PCIBusNumber:F0",
+                    "PCIPath:1F,00",
                 ] {
                     assert!(flat.contains(field), "no {field} in:\n{dsl}");
                 }

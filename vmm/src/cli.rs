@@ -59,11 +59,15 @@ pub struct Cli {
     #[arg(long = "disk", value_name = "path=FILE[,readonly=on]", value_parser = parse_disk)]
     pub disks: Vec<DiskConfig>,
 
-    /// Put an Intel VT-d DMA-remapping unit at 0xfed90000 (described by an ACPI DMAR table) in
-    /// front of every PCI device. Options, comma-separated, defaults first:
+    /// Put an Intel VT-d remapping unit at 0xfed90000 (described by an ACPI DMAR table) in front
+    /// of every PCI device and the I/O APIC. Options, comma-separated, defaults first:
     /// aw-bits=48|39 (guest address width: 48 walks 3- and 4-level tables, 39 only 3-level);
     /// caching-mode=off|on (CAP.CM: the guest must invalidate after every map, as for vfio);
-    /// qi=on|off (queued invalidation; off leaves register-based only);
+    /// qi=on|off (queued invalidation; off leaves register-based only, and interrupt remapping
+    /// off unless asked for);
+    /// intremap=on|off (interrupt remapping of MSIs and I/O APIC pins; needs qi=on);
+    /// eim=on|off (x2APIC destinations in interrupt remapping; needs intremap=on, and is off by
+    /// default when intremap is off);
     /// pt=on|off (pass-through contexts, for iommu=pt);
     /// superpages=on|2m|off (2 MiB and 1 GiB, 2 MiB only, or no large pages);
     /// fault-records=8 (fault recording registers, 1-128).
@@ -123,9 +127,11 @@ fn on_off(key: &str, value: &str) -> Result<bool, String> {
     }
 }
 
-/// Parses the `--iommu` options into the unit's configuration.
+/// Parses the `--iommu` options into the unit's configuration. Interrupt remapping follows
+/// queued invalidation, and EIM follows interrupt remapping, unless the options name them.
 pub fn parse_iommu(s: &str) -> Result<iommu::Config, String> {
     let mut config = iommu::Config::default();
+    let (mut intremap, mut eim) = (None, None);
     for part in s.split(',').filter(|p| !p.is_empty()) {
         let (key, value) = part
             .split_once('=')
@@ -140,6 +146,8 @@ pub fn parse_iommu(s: &str) -> Result<iommu::Config, String> {
             }
             "caching-mode" => config.caching_mode = on_off(key, value)?,
             "qi" => config.queued_invalidation = on_off(key, value)?,
+            "intremap" => intremap = Some(on_off(key, value)?),
+            "eim" => eim = Some(on_off(key, value)?),
             "pt" => config.pass_through = on_off(key, value)?,
             "superpages" => {
                 (config.superpages_2m, config.superpages_1g) = match value {
@@ -158,11 +166,14 @@ pub fn parse_iommu(s: &str) -> Result<iommu::Config, String> {
             }
             _ => {
                 return Err(format!(
-                    "unknown option '{key}' (aw-bits, caching-mode, qi, pt, superpages, fault-records)"
+                    "unknown option '{key}' (aw-bits, caching-mode, qi, intremap, eim, pt, \
+                     superpages, fault-records)"
                 ));
             }
         }
     }
+    config.interrupt_remapping = intremap.unwrap_or(config.queued_invalidation);
+    config.extended_interrupt_mode = eim.unwrap_or(config.interrupt_remapping);
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)
 }
@@ -264,6 +275,8 @@ mod tests {
                 aw_bits: 39,
                 caching_mode: true,
                 queued_invalidation: false,
+                interrupt_remapping: false,
+                extended_interrupt_mode: false,
                 pass_through: false,
                 superpages_2m: true,
                 superpages_1g: false,
@@ -271,6 +284,10 @@ mod tests {
                 ..iommu::Config::default()
             }
         );
+        let xapic = parse_iommu("eim=off").unwrap();
+        assert!(xapic.interrupt_remapping && !xapic.extended_interrupt_mode);
+        let no_ir = parse_iommu("intremap=off").unwrap();
+        assert!(!no_ir.interrupt_remapping && !no_ir.extended_interrupt_mode);
         assert_eq!(parse_iommu(""), Ok(iommu::Config::default()));
         let off = parse_iommu("superpages=off").unwrap();
         assert!(!off.superpages_2m && !off.superpages_1g);
@@ -282,6 +299,15 @@ mod tests {
             ("superpages=1g", "superpages=1g: expected on, 2m or off"),
             ("qi", "'qi': expected OPTION=VALUE"),
             ("ir=on", "unknown option 'ir'"),
+            ("intremap=1", "intremap=1: expected on or off"),
+            (
+                "qi=off,intremap=on",
+                "interrupt remapping needs queued invalidation",
+            ),
+            (
+                "intremap=off,eim=on",
+                "x2APIC destinations (eim) need interrupt remapping",
+            ),
         ] {
             let err = parse_iommu(bad).unwrap_err();
             assert!(err.starts_with(says), "{bad}: {err}");

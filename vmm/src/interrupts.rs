@@ -1,13 +1,17 @@
 //! Interrupt delivery for devices through KVM's split irqchip (local APICs in the kernel): MSI and
 //! MSI-X vectors as GSI routes with irqfds, the VMM's I/O APIC pins as the MSI routes of GSIs 0-23
-//! fired with KVM_IRQ_LINE, the VT-d unit's event interrupts with KVM_SIGNAL_MSI; and device
-//! doorbells as ioeventfds.
+//! fired with KVM_IRQ_LINE, the VT-d unit's event interrupts with KVM_SIGNAL_MSI; every route
+//! translated by the unit when it remaps interrupts; and device doorbells as ioeventfds.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use devices::{IoEvents, MsiVectors};
-use iommu::{MsiMessage, MsiSender};
+use iommu::{
+    InterruptCacheListener, InterruptCacheScope, InterruptFault, InterruptSource, MsiMessage,
+    MsiSender, RemappingUnit,
+};
 use kvm_bindings::{
     KVM_IRQ_ROUTING_MSI, KvmIrqRouting, kvm_irq_routing_entry, kvm_irq_routing_entry__bindgen_ty_1,
     kvm_irq_routing_msi, kvm_msi,
@@ -41,14 +45,57 @@ impl MsiSender for KvmMsi {
 /// The VM's GSI routing table, all MSI routes: GSIs 0-23 for the I/O APIC's pins (set as the guest
 /// programs their entries) and one per device vector from `first_msi_gsi`. KVM replaces the whole
 /// table on each update, so the table is kept here and rewritten whenever a route changes.
+///
+/// With interrupt remapping, each route keeps the message its source programmed and KVM gets what
+/// the unit translates it to: the routes are the unit's interrupt entry cache. The unit tells the
+/// router (its [`InterruptCacheListener`]) when an invalidation or a register change makes
+/// translations stale, and the router translates those again before the guest sees the
+/// invalidation complete. A route the unit blocks has no KVM entry; when its source fires, the
+/// router asks the unit again (the unit caches no faulting entry) and delivers, or has the fault
+/// recorded.
 pub struct GsiRouter {
     vm: Arc<VmFd>,
     table: Mutex<RouteTable>,
+    /// The unit, when it remaps interrupts.
+    remapper: OnceLock<RemappingUnit>,
+    /// KVM takes 32-bit destination ids (KVM_X2APIC_API_USE_32BIT_IDS): the upper address dword
+    /// holds destination bits 31:8 and its bits 7:0 must be zero.
+    x2apic_ids: bool,
+    /// Bit n: the unit blocked GSI n's interrupt at its last translation.
+    blocked: Vec<AtomicU64>,
 }
 
 struct RouteTable {
-    msi: BTreeMap<u32, kvm_irq_routing_entry>,
+    routes: BTreeMap<u32, Route>,
     next_gsi: u32,
+}
+
+/// One GSI's route: what its source sends, and what KVM delivers for it.
+struct Route {
+    source: InterruptSource,
+    programmed: MsiMessage,
+    delivered: Delivery,
+}
+
+/// What becomes of an interrupt of a route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Delivery {
+    /// KVM delivers this message.
+    Message(MsiMessage),
+    /// The unit blocks it: firing it records a fault.
+    Blocked(InterruptFault),
+    /// Not an interrupt KVM can take (an upper address KVM rejects): dropped.
+    Dropped,
+}
+
+/// What a source that fires a blocked route should do.
+enum Retry {
+    /// The route is now installed: fire it.
+    Fire,
+    /// Record this fault; deliver nothing.
+    Fault(InterruptFault),
+    /// Deliver nothing.
+    Drop,
 }
 
 impl std::fmt::Debug for GsiRouter {
@@ -61,14 +108,27 @@ impl std::fmt::Debug for GsiRouter {
 const MAX_GSI: u32 = 4096;
 
 impl GsiRouter {
-    /// An empty table; device vectors get GSIs from `first_msi_gsi`.
-    pub fn new(vm: Arc<VmFd>, first_msi_gsi: u32) -> Self {
+    /// An empty table; device vectors get GSIs from `first_msi_gsi`. `x2apic_ids`: KVM was told
+    /// to take 32-bit destination ids.
+    pub fn new(vm: Arc<VmFd>, first_msi_gsi: u32, x2apic_ids: bool) -> Self {
         Self {
             vm,
             table: Mutex::new(RouteTable {
-                msi: BTreeMap::new(),
+                routes: BTreeMap::new(),
                 next_gsi: first_msi_gsi,
             }),
+            remapper: OnceLock::new(),
+            x2apic_ids,
+            blocked: (0..MAX_GSI / 64).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Routes are translated by `unit` from now on; it tells the router when they go stale.
+    pub fn remap_through(self: &Arc<Self>, unit: &RemappingUnit) {
+        if self.remapper.set(unit.clone()).is_ok() {
+            let listener: Weak<dyn InterruptCacheListener> = Arc::downgrade(self) as _;
+            unit.set_interrupt_cache_listener(listener);
+            self.invalidate(InterruptCacheScope::All);
         }
     }
 
@@ -78,11 +138,27 @@ impl GsiRouter {
 
     /// Installs the current table in KVM.
     pub fn apply(&self) -> Result<(), kvm_ioctls::Error> {
-        let table = self.table();
-        let entries: Vec<_> = table.msi.values().copied().collect();
+        self.install(&self.table())
+    }
+
+    fn install(&self, table: &RouteTable) -> Result<(), kvm_ioctls::Error> {
+        let entries: Vec<_> = table
+            .routes
+            .iter()
+            .filter_map(|(&gsi, route)| match route.delivered {
+                Delivery::Message(msg) => Some(msi_entry(gsi, msg)),
+                _ => None,
+            })
+            .collect();
         let routing = KvmIrqRouting::from_entries(&entries)
             .map_err(|_| kvm_ioctls::Error::new(libc::E2BIG))?;
         self.vm.set_gsi_routing(&routing)
+    }
+
+    fn install_or_warn(&self, table: &RouteTable) {
+        if let Err(e) = self.install(table) {
+            log::warn!("interrupt routes not installed: {e}");
+        }
     }
 
     /// `count` fresh GSIs for MSI vectors, or None when KVM's GSI space is used up.
@@ -94,25 +170,128 @@ impl GsiRouter {
         Some((first..end).collect())
     }
 
-    /// Points `gsi` at `msg`.
-    fn set_msi(&self, gsi: u32, msg: MsiMessage) {
-        let entry = kvm_irq_routing_entry {
-            gsi,
-            type_: KVM_IRQ_ROUTING_MSI,
-            u: kvm_irq_routing_entry__bindgen_ty_1 {
-                msi: kvm_irq_routing_msi {
-                    address_lo: msg.address as u32,
-                    address_hi: (msg.address >> 32) as u32,
-                    data: msg.data,
-                    ..Default::default()
-                },
-            },
-            ..Default::default()
+    /// What KVM should deliver for `msg` from `source`.
+    fn translate(&self, source: InterruptSource, msg: MsiMessage) -> Delivery {
+        let msg = match self.remapper.get().map(|u| u.remap_interrupt(source, msg)) {
+            Some(Err(fault)) => return Delivery::Blocked(fault),
+            Some(Ok(msg)) => msg,
+            None => msg,
         };
-        self.table().msi.insert(gsi, entry);
-        if let Err(e) = self.apply() {
-            log::warn!("GSI {gsi}: MSI route {msg:x?} not installed: {e}");
+        if self.x2apic_ids && (msg.address >> 32) & 0xff != 0 {
+            return Delivery::Dropped;
         }
+        Delivery::Message(msg)
+    }
+
+    fn mark(&self, gsi: u32, delivery: Delivery) {
+        if let Some(word) = self.blocked.get((gsi / 64) as usize) {
+            let bit = 1 << (gsi % 64);
+            if matches!(delivery, Delivery::Blocked(_)) {
+                word.fetch_or(bit, Ordering::SeqCst);
+            } else {
+                word.fetch_and(!bit, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Whether the unit blocked `gsi`'s interrupt when it last translated it.
+    fn is_blocked(&self, gsi: u32) -> bool {
+        self.blocked
+            .get((gsi / 64) as usize)
+            .is_some_and(|w| w.load(Ordering::SeqCst) & (1 << (gsi % 64)) != 0)
+    }
+
+    /// Points `gsi` at `msg`, sent by `source`.
+    fn set_msi(&self, gsi: u32, source: InterruptSource, msg: MsiMessage) {
+        let mut table = self.table();
+        let delivered = self.translate(source, msg);
+        self.mark(gsi, delivered);
+        let old = table.routes.insert(
+            gsi,
+            Route {
+                source,
+                programmed: msg,
+                delivered,
+            },
+        );
+        if old.is_none_or(|r| r.delivered != delivered) {
+            self.install_or_warn(&table);
+        }
+    }
+
+    /// `gsi`'s source fires while its route is blocked: translates it again.
+    fn retry(&self, gsi: u32) -> Retry {
+        let mut table = self.table();
+        let Some(route) = table.routes.get_mut(&gsi) else {
+            return Retry::Drop;
+        };
+        let delivered = self.translate(route.source, route.programmed);
+        route.delivered = delivered;
+        self.mark(gsi, delivered);
+        match delivered {
+            Delivery::Message(_) => {
+                self.install_or_warn(&table);
+                Retry::Fire
+            }
+            Delivery::Blocked(fault) => Retry::Fault(fault),
+            Delivery::Dropped => Retry::Drop,
+        }
+    }
+
+    /// Has the unit record `fault` (called without the table lock: recording takes the unit's
+    /// register lock, under which the unit calls the router).
+    fn report(&self, fault: &InterruptFault) {
+        if let Some(unit) = self.remapper.get() {
+            unit.report_interrupt_fault(fault);
+        }
+    }
+
+    /// Fires `gsi` through `fire`, unless the unit blocks it.
+    fn fire(&self, gsi: u32, fire: impl FnOnce()) {
+        if self.is_blocked(gsi) {
+            match self.retry(gsi) {
+                Retry::Fire => {}
+                Retry::Fault(fault) => return self.report(&fault),
+                Retry::Drop => return,
+            }
+        }
+        fire();
+    }
+}
+
+impl InterruptCacheListener for GsiRouter {
+    fn invalidate(&self, scope: InterruptCacheScope) {
+        let mut table = self.table();
+        let mut changed = false;
+        for (&gsi, route) in table
+            .routes
+            .iter_mut()
+            .filter(|(_, r)| scope.covers(r.programmed))
+        {
+            let delivered = self.translate(route.source, route.programmed);
+            self.mark(gsi, delivered);
+            changed |= delivered != route.delivered;
+            route.delivered = delivered;
+        }
+        if changed {
+            self.install_or_warn(&table);
+        }
+    }
+}
+
+fn msi_entry(gsi: u32, msg: MsiMessage) -> kvm_irq_routing_entry {
+    kvm_irq_routing_entry {
+        gsi,
+        type_: KVM_IRQ_ROUTING_MSI,
+        u: kvm_irq_routing_entry__bindgen_ty_1 {
+            msi: kvm_irq_routing_msi {
+                address_lo: msg.address as u32,
+                address_hi: (msg.address >> 32) as u32,
+                data: msg.data,
+                ..Default::default()
+            },
+        },
+        ..Default::default()
     }
 }
 
@@ -121,13 +300,20 @@ impl GsiRouter {
 #[derive(Debug)]
 pub struct KvmMsiVectors {
     router: Arc<GsiRouter>,
+    source: InterruptSource,
     gsis: Vec<u32>,
     irqfds: Vec<EventFd>,
 }
 
 impl KvmMsiVectors {
-    /// `count` vectors, each with a fresh GSI and an irqfd registered on it.
-    pub fn new(vm: &VmFd, router: Arc<GsiRouter>, count: u16) -> Result<Self, String> {
+    /// `count` vectors of the PCI function `requester_id`, each with a fresh GSI and an irqfd
+    /// registered on it.
+    pub fn new(
+        vm: &VmFd,
+        router: Arc<GsiRouter>,
+        requester_id: u16,
+        count: u16,
+    ) -> Result<Self, String> {
         let gsis = router
             .allocate(u32::from(count))
             .ok_or("no GSIs left for MSI vectors")?;
@@ -140,6 +326,7 @@ impl KvmMsiVectors {
         }
         Ok(Self {
             router,
+            source: InterruptSource::Device(requester_id),
             gsis,
             irqfds,
         })
@@ -149,16 +336,22 @@ impl KvmMsiVectors {
 impl MsiVectors for KvmMsiVectors {
     fn set_route(&self, vector: u16, msg: MsiMessage) {
         if let Some(&gsi) = self.gsis.get(usize::from(vector)) {
-            self.router.set_msi(gsi, msg);
+            self.router.set_msi(gsi, self.source, msg);
         }
     }
 
     fn trigger(&self, vector: u16) {
-        if let Some(fd) = self.irqfds.get(usize::from(vector))
-            && let Err(e) = fd.write(1)
-        {
-            log::debug!("MSI vector {vector} not sent: {e}");
-        }
+        let (Some(&gsi), Some(fd)) = (
+            self.gsis.get(usize::from(vector)),
+            self.irqfds.get(usize::from(vector)),
+        ) else {
+            return;
+        };
+        self.router.fire(gsi, || {
+            if let Err(e) = fd.write(1) {
+                log::debug!("MSI vector {vector} not sent: {e}");
+            }
+        });
     }
 }
 
@@ -192,21 +385,28 @@ impl IoEvents for KvmIoEvents {
 /// The I/O APIC's pins in KVM's split irqchip: pin n's redirection entry is mirrored as the MSI
 /// route of GSI n (KVM reads the level-triggered vectors of GSIs below 24 from the routing table
 /// to know which EOIs to report: KVM_EXIT_IOAPIC_EOI), and an interrupt on pin n is KVM_IRQ_LINE
-/// on GSI n, which sends that route's message to the in-kernel local APICs.
+/// on GSI n, which sends that route's message to the in-kernel local APICs. With interrupt
+/// remapping the route holds the unit's translation, as for any MSI (source: the I/O APIC's id,
+/// which the unit does not verify).
 #[derive(Debug)]
 pub struct KvmIoapicRoutes {
     pub vm: Arc<VmFd>,
     pub router: Arc<GsiRouter>,
+    /// The I/O APIC's source-id (the DMAR table's I/O APIC scope).
+    pub source_id: u16,
 }
 
 impl MsiVectors for KvmIoapicRoutes {
     fn set_route(&self, pin: u16, msg: MsiMessage) {
-        self.router.set_msi(u32::from(pin), msg);
+        let source = InterruptSource::Ioapic(self.source_id);
+        self.router.set_msi(u32::from(pin), source, msg);
     }
 
     fn trigger(&self, pin: u16) {
-        if let Err(e) = self.vm.set_irq_line(u32::from(pin), true) {
-            log::debug!("I/O APIC pin {pin} not delivered: {e}");
-        }
+        self.router.fire(u32::from(pin), || {
+            if let Err(e) = self.vm.set_irq_line(u32::from(pin), true) {
+                log::debug!("I/O APIC pin {pin} not delivered: {e}");
+            }
+        });
     }
 }

@@ -23,7 +23,10 @@ use devices::virtio::pci::VirtioPci;
 use devices::vtd::IommuRegisters;
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use iommu::RemappingUnit;
-use kvm_bindings::{KVM_CAP_SPLIT_IRQCHIP, kvm_enable_cap, kvm_userspace_memory_region};
+use kvm_bindings::{
+    KVM_CAP_SPLIT_IRQCHIP, KVM_CAP_X2APIC_API, KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK,
+    KVM_X2APIC_API_USE_32BIT_IDS, kvm_enable_cap, kvm_userspace_memory_region,
+};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -217,12 +220,16 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
 
     let mem = Arc::new(mem);
     let vm = Arc::new(kvm.create_vm().map_err(kvm_err("create the VM"))?);
-    let router = set_up_platform(&vm, &mem)?;
+    let x2apic_ids = config
+        .iommu
+        .as_ref()
+        .is_some_and(|c| c.extended_interrupt_mode);
+    let router = set_up_platform(&vm, &mem, x2apic_ids)?;
 
     let dmar: Vec<Vec<u8>> = config
         .iommu
         .iter()
-        .map(|c| arch::acpi::dmar(c.aw_bits, layout::IOMMU_BASE))
+        .map(|c| arch::acpi::dmar(c.aw_bits, layout::IOMMU_BASE, c.interrupt_remapping))
         .collect();
     let tables = arch::acpi::Tables::build(usize::from(config.cpus), &layout, &dmar)?;
     let rsdp = tables.write(&mem)?;
@@ -241,6 +248,9 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
         .clone()
         .map(|c| add_iommu(c, &vm, &mem, &mmio))
         .transpose()?;
+    if let Some(unit) = unit.as_ref().filter(|u| u.config().interrupt_remapping) {
+        router.remap_through(unit);
+    }
     let disks = std::mem::take(&mut files.disks)
         .into_iter()
         .zip(&config.disks)
@@ -346,9 +356,14 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
 
 /// Memory slots and KVM's split irqchip: local APICs in the kernel, the I/O APIC ours (no 8259
 /// PIC and no 8254 PIT, as in Cloud Hypervisor: Linux on KVM needs neither, and KVM offers its
-/// PIT only with its own PIC); then the GSI router that the I/O APIC's and devices' MSI routes
-/// join.
-fn set_up_platform(vm: &Arc<VmFd>, mem: &GuestMemoryMmap) -> Result<Arc<GsiRouter>, Error> {
+/// PIT only with its own PIC); with `x2apic_ids`, KVM's 32-bit destination ids (for interrupt
+/// remapping's x2APIC destinations); then the GSI router that the I/O APIC's and devices' MSI
+/// routes join.
+fn set_up_platform(
+    vm: &Arc<VmFd>,
+    mem: &GuestMemoryMmap,
+    x2apic_ids: bool,
+) -> Result<Arc<GsiRouter>, Error> {
     for (slot, region) in mem.iter().enumerate() {
         let region = kvm_userspace_memory_region {
             slot: slot as u32,
@@ -373,7 +388,22 @@ fn set_up_platform(vm: &Arc<VmFd>, mem: &GuestMemoryMmap) -> Result<Arc<GsiRoute
     split.args[0] = u64::from(IOAPIC_PINS);
     vm.enable_cap(&split)
         .map_err(kvm_err("enable the split irqchip"))?;
-    let router = Arc::new(GsiRouter::new(vm.clone(), FIRST_MSI_GSI));
+    if x2apic_ids {
+        if !vm.check_extension(Cap::X2ApicApi) {
+            return Err(Error::MissingCap(Cap::X2ApicApi));
+        }
+        // 32-bit destinations in MSI routes (upper address bits 31:8), and 0xff a real id in
+        // x2APIC mode rather than a broadcast, as QEMU sets it for EIM.
+        let mut x2apic = kvm_enable_cap {
+            cap: KVM_CAP_X2APIC_API,
+            ..Default::default()
+        };
+        x2apic.args[0] =
+            u64::from(KVM_X2APIC_API_USE_32BIT_IDS | KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK);
+        vm.enable_cap(&x2apic)
+            .map_err(kvm_err("enable 32-bit x2APIC ids"))?;
+    }
+    let router = Arc::new(GsiRouter::new(vm.clone(), FIRST_MSI_GSI, x2apic_ids));
     router.apply().map_err(kvm_err("set interrupt routing"))?;
     Ok(router)
 }
@@ -383,6 +413,7 @@ fn add_ioapic(vm: &Arc<VmFd>, router: &Arc<GsiRouter>, mmio: &Bus) -> Result<Sha
     let routes = Arc::new(KvmIoapicRoutes {
         vm: vm.clone(),
         router: router.clone(),
+        source_id: arch::acpi::IOAPIC_SOURCE_ID,
     });
     let ioapic = Arc::new(Mutex::new(Ioapic::new(arch::acpi::IOAPIC_ID, routes)));
     mmio.insert(layout::IOAPIC_ADDR, devices::ioapic::SIZE, ioapic.clone())?;
@@ -588,23 +619,25 @@ fn add_pci(
             IoapicPin::new(ioapic.clone(), gsi as usize),
             pin,
         ));
-        Ok((gsi, line, dma.handle(u16::from(slot) << 3)))
+        let requester_id = u16::from(slot) << 3;
+        Ok((gsi, line, requester_id, dma.handle(requester_id)))
     };
-    let vectors = |count: u16| -> Result<Arc<KvmMsiVectors>, Error> {
+    let vectors = |requester_id: u16, count: u16| -> Result<Arc<KvmMsiVectors>, Error> {
         Ok(Arc::new(
-            KvmMsiVectors::new(vm, router.clone(), count).map_err(Error::Interrupts)?,
+            KvmMsiVectors::new(vm, router.clone(), requester_id, count)
+                .map_err(Error::Interrupts)?,
         ))
     };
     let mut workers: Vec<Worker> = Vec::new();
     for kind in kinds {
-        let (gsi, line, dma) = next(&root)?;
+        let (gsi, line, rid, dma) = next(&root)?;
         let device: SharedPciDevice = match kind {
-            DeviceKind::Edu => Arc::new(Mutex::new(Edu::new(dma, vectors(1)?, line))),
+            DeviceKind::Edu => Arc::new(Mutex::new(Edu::new(dma, vectors(rid, 1)?, line))),
         };
         root.add(device, Some(gsi as u8))?;
     }
     for (file, disk) in disks {
-        let (gsi, line, dma) = next(&root)?;
+        let (gsi, line, rid, dma) = next(&root)?;
         let id = disk
             .path
             .file_name()
@@ -615,8 +648,9 @@ fn add_pci(
             source,
         })?;
         let count = VirtioPci::vectors_for(&block);
-        let (device, worker) = VirtioPci::new(block, dma, vectors(count)?, line, io_events.clone())
-            .map_err(host_err("create a virtio device"))?;
+        let (device, worker) =
+            VirtioPci::new(block, dma, vectors(rid, count)?, line, io_events.clone())
+                .map_err(host_err("create a virtio device"))?;
         root.add(Arc::new(Mutex::new(device)), Some(gsi as u8))?;
         workers.push(Box::new(worker));
     }

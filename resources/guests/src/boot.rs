@@ -111,11 +111,14 @@ guest_long64:
     pushq %rax
     iretq
 
-/* AP: stack by APIC id, mark online, then idle forever with interrupts on. */
+/* AP: stack by APIC id, mark online, local APIC on (spurious vector 0xff),
+   then idle forever with interrupts on, counting wake-ups in
+   AP_WAKEUPS[APIC id] (kept in ebx, which the interrupt stubs preserve). */
 guest_ap64:
     movl $0xfee00020, %ecx
     movl (%rcx), %eax
     shrl $24, %eax
+    movl %eax, %ebx
     leal 1(%eax), %ecx
     shll ${ap_stack_shift}, %ecx
     leaq {ap_stacks}(%rip), %rsp
@@ -125,9 +128,13 @@ guest_ap64:
     andl $63, %eax
     leaq {ap_online}(%rip), %rdx
     lock btsq %rax, (%rdx,%rcx,8)
+    movl $0xfee000f0, %ecx
+    movl $0x1ff, (%rcx)
     lock incl {ap_count}(%rip)
+    leaq {ap_wakeups}(%rip), %rsi
 1:  sti
     hlt
+    lock incl (%rsi,%rbx,4)
     jmp 1b
 
 /* ---------------- interrupt stubs: 256 x 16 bytes */
@@ -316,6 +323,7 @@ guest_ap_trampoline_end:
     ap_stack_shift = const sys::AP_STACK_SHIFT,
     ap_online = sym sys::AP_ONLINE,
     ap_count = sym sys::AP_COUNT,
+    ap_wakeups = sym sys::AP_WAKEUPS,
     irq_counts = sym sys::IRQ_COUNTS,
     rust_start = sym crate::rt::guest_rust_start,
     options(att_syntax),

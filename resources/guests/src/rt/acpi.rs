@@ -255,6 +255,13 @@ impl Madt {
         }
     }
 
+    /// The ids of the I/O APICs (type-1 entries).
+    pub fn ioapic_ids(&self) -> impl Iterator<Item = u8> {
+        self.entries()
+            .filter(|e| e.kind == 1 && e.bytes.len() >= 12)
+            .map(|e| e.bytes[2])
+    }
+
     /// Processors listed by type-0 and type-9 entries (enabled or not).
     pub fn processors(&self) -> impl Iterator<Item = Processor> {
         self.entries().filter_map(|e| {

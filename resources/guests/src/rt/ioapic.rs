@@ -35,3 +35,10 @@ pub fn route(pin: u32, low: u32, dest: u32) {
 pub fn entry(pin: u32) -> u32 {
     read(0x10 + 2 * pin)
 }
+
+/// The EOI register (0x40, version 0x20 and later): clears remote IRR of the entries whose vector
+/// field is `vector`.
+pub fn eoi(vector: u8) {
+    // SAFETY: the I/O APIC's EOI register, identity-mapped MMIO.
+    unsafe { mmio_write32(BASE + 0x40, u32::from(vector)) }
+}

@@ -3,14 +3,15 @@
 //! The real-mode trampoline (boot.rs) is copied to [`TRAMPOLINE_ADDR`]; an
 //! AP started with SIPI vector [`SIPI_VECTOR`] switches to long mode with
 //! the boot CPU's GDT, page tables and IDT, takes a 1 KiB ring-0 stack
-//! indexed by its APIC id, sets its bit in the online mask, increments the
-//! AP counter and then idles in `sti; hlt` (its LAPIC stays
-//! software-disabled until someone enables it).
+//! indexed by its APIC id, sets its bit in the online mask, enables its
+//! local APIC (spurious vector 0xff), increments the AP counter and then
+//! idles in `sti; hlt`, counting the interrupts that wake it
+//! ([`wakeups`]).
 
 use core::sync::atomic::Ordering;
 
 use super::lapic;
-use super::sys::{AP_COUNT, AP_ONLINE, MAX_APIC_IDS, ap_trampoline};
+use super::sys::{AP_COUNT, AP_ONLINE, AP_WAKEUPS, MAX_APIC_IDS, ap_trampoline};
 use super::time::delay_us;
 
 pub const TRAMPOLINE_ADDR: u64 = 0x8000;
@@ -64,4 +65,12 @@ pub fn online_mask() -> [u64; MAX_APIC_IDS / 64] {
 /// Number of APs that reached long mode.
 pub fn ap_count() -> u32 {
     AP_COUNT.load(Ordering::SeqCst)
+}
+
+/// How many times the AP with APIC id `id` has woken from `hlt`: once per
+/// interrupt it took.
+pub fn wakeups(id: u32) -> u32 {
+    AP_WAKEUPS
+        .get(id as usize)
+        .map_or(0, |w| w.load(Ordering::SeqCst))
 }

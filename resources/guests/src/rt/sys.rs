@@ -168,6 +168,8 @@ pub static AP_ONLINE: [AtomicU64; MAX_APIC_IDS / 64] =
     [const { AtomicU64::new(0) }; MAX_APIC_IDS / 64];
 /// Number of APs that reached long mode.
 pub static AP_COUNT: AtomicU32 = AtomicU32::new(0);
+/// Times the AP with APIC id `id` woke from `hlt` (once per interrupt it took).
+pub static AP_WAKEUPS: [AtomicU32; MAX_APIC_IDS] = [const { AtomicU32::new(0) }; MAX_APIC_IDS];
 /// EAX and EBX at entry (multiboot magic and information block address).
 pub static MB_MAGIC: AtomicU32 = AtomicU32::new(0);
 pub static MB_INFO: AtomicU32 = AtomicU32::new(0);

@@ -36,6 +36,7 @@ pub mod reg {
     pub const IEDATA: u64 = 0xa4;
     pub const IEADDR: u64 = 0xa8;
     pub const IEUADDR: u64 = 0xac;
+    pub const IRTA: u64 = 0xb8;
 }
 
 /// GCMD/GSTS bits.
@@ -43,6 +44,9 @@ pub mod gcmd {
     pub const TE: u32 = 1 << 31;
     pub const SRTP: u32 = 1 << 30;
     pub const QIE: u32 = 1 << 26;
+    pub const IRE: u32 = 1 << 25;
+    pub const SIRTP: u32 = 1 << 24;
+    pub const CFI: u32 = 1 << 23;
     /// The GSTS bits a command writes back: all but the one-shot ones (SRTP, SFL, WBF, SIRTP),
     /// as Linux masks them.
     pub const KEEP: u32 = 0x96ff_ffff;
@@ -68,6 +72,9 @@ pub mod reason {
     pub const ROOT_RESERVED: u8 = 0xa;
     pub const CONTEXT_RESERVED: u8 = 0xb;
     pub const PAGING_ENTRY_RESERVED: u8 = 0xc;
+    pub const IRTE_NOT_PRESENT: u8 = 0x22;
+    pub const COMPATIBILITY_BLOCKED: u8 = 0x25;
+    pub const SOURCE_ID: u8 = 0x26;
 }
 
 /// Second-level entry bits.
@@ -646,4 +653,143 @@ impl Vtd {
             self.command(gcmd::QIE, false);
         }
     }
+}
+
+/// Interrupt remapping as Linux sets it up: a 256-entry table (S = 7) in the pool, IRTA with or
+/// without extended interrupt mode, SIRTP, a global interrupt-entry-cache invalidation, IRE, and
+/// compatibility-format interrupts blocked.
+pub struct Irt {
+    pub table: u64,
+    /// Extended interrupt mode: 32-bit x2APIC destinations.
+    pub eime: bool,
+}
+
+/// IRTE fields (low quadword).
+pub mod irte {
+    pub const P: u64 = 1;
+    pub const FPD: u64 = 1 << 1;
+    pub const TM: u64 = 1 << 4;
+    /// High quadword: verify the requester against SID with SQ = 0 (all 16 bits).
+    pub const SVT_SID: u64 = 1 << 18;
+}
+
+impl Irt {
+    /// Entries in the table.
+    pub const ENTRIES: u64 = 256;
+
+    /// The low quadword of a present, fixed, physical-destination entry for `vector` on the CPU
+    /// whose APIC id is `dest`: bits 63:32 in extended interrupt mode, bits 47:40 otherwise.
+    pub fn entry(&self, vector: u8, dest: u32) -> u64 {
+        let dest = if self.eime {
+            u64::from(dest)
+        } else {
+            u64::from(dest & 0xff) << 8
+        };
+        irte::P | (u64::from(vector) << 16) | (dest << 32)
+    }
+
+    /// Writes entry `index`: the high quadword (SID, SQ, SVT) first, the low one (P) last.
+    pub fn set(&self, index: u16, lo: u64, hi: u64) {
+        let at = self.table + 16 * u64::from(index);
+        wr64(at + 8, hi);
+        wr64(at, lo);
+    }
+
+    /// The MSI address and data of a remappable-format interrupt for `handle`, with
+    /// `subhandle` in the data when given (SHV).
+    pub fn msi(handle: u16, subhandle: Option<u16>) -> (u32, u32) {
+        let h = u32::from(handle);
+        let mut address = 0xfee0_0000 | ((h & 0x7fff) << 5) | (1 << 4) | ((h >> 15) << 2);
+        if subhandle.is_some() {
+            address |= 1 << 3;
+        }
+        (address, subhandle.map_or(0, u32::from))
+    }
+
+    /// An I/O APIC redirection entry in remappable format for entry `index`: bit 48, the index in
+    /// bits 63:49 and 11, `vector` (Linux puts the pin there, for its explicit EOIs) and `flags`
+    /// (trigger mode, mask) in the low half.
+    pub fn ioapic_entry(index: u16, vector: u8, flags: u32) -> (u32, u32) {
+        let i = u32::from(index);
+        let low = u32::from(vector) | flags | ((i >> 15) << 11);
+        let high = (1 << 16) | ((i & 0x7fff) << 17);
+        (low, high)
+    }
+}
+
+impl Vtd {
+    /// ECAP.IR.
+    pub fn has_ir(&self) -> bool {
+        self.ecap & (1 << 3) != 0
+    }
+    /// ECAP.EIM.
+    pub fn has_eim(&self) -> bool {
+        self.ecap & (1 << 4) != 0
+    }
+
+    /// Sets up interrupt remapping as Linux does (the queue must be on).
+    pub fn enable_interrupt_remapping(&mut self, eime: bool) -> Irt {
+        let table = self.alloc();
+        self.w64(reg::IRTA, table | if eime { 1 << 11 } else { 0 } | 7);
+        let status = self.r32(reg::GSTS) & gcmd::KEEP;
+        self.w32(reg::GCMD, status | gcmd::SIRTP);
+        if self.r32(reg::GSTS) & gcmd::SIRTP == 0 {
+            fail!("SIRTP did not complete");
+        }
+        self.flush_iec(None);
+        self.command(gcmd::IRE, true);
+        if self.r32(reg::GSTS) & gcmd::CFI != 0 {
+            self.command(gcmd::CFI, false);
+        }
+        Irt { table, eime }
+    }
+
+    /// Interrupt entry cache invalidation: global, or of the 2^`mask` entries around `index`.
+    pub fn flush_iec(&mut self, entries: Option<(u16, u8)>) {
+        let lo = match entries {
+            None => 4,
+            Some((index, mask)) => {
+                4 | (1 << 4) | (u64::from(mask) << 27) | (u64::from(index) << 32)
+            }
+        };
+        if !self.submit(&[(lo, 0)], false) {
+            fail!("interrupt entry cache invalidation: queue error");
+        }
+    }
+}
+
+/// The DMAR table's flags (bit 0 INTR_REMAP, bit 1 X2APIC_OPT_OUT) and the first I/O APIC
+/// device scope of its DRHD: (enumeration id, source-id).
+pub fn dmar_interrupt_info() -> (u8, Option<(u8, u16)>) {
+    let Some(dmar) = acpi::find_table(b"DMAR") else {
+        fail!("no DMAR table")
+    };
+    let body = dmar.body();
+    let flags = body[1];
+    let mut at = 12;
+    while at + 4 <= body.len() {
+        let kind = u16::from_le_bytes([body[at], body[at + 1]]);
+        let len = usize::from(u16::from_le_bytes([body[at + 2], body[at + 3]]));
+        if len < 4 || at + len > body.len() {
+            fail!("DMAR: bad structure length {} at {}", len, at);
+        }
+        if kind == 0 {
+            let mut scope = at + 16;
+            while scope + 6 <= at + len {
+                let (kind, slen) = (body[scope], usize::from(body[scope + 1]));
+                if slen < 8 || scope + slen > at + len {
+                    fail!("DMAR: bad device scope length {} at {}", slen, scope);
+                }
+                if kind == 3 {
+                    let (id, bus) = (body[scope + 4], body[scope + 5]);
+                    let (dev, func) = (body[scope + 6], body[scope + 7]);
+                    let sid = (u16::from(bus) << 8) | (u16::from(dev) << 3) | u16::from(func);
+                    return (flags, Some((id, sid)));
+                }
+                scope += slen;
+            }
+        }
+        at += len;
+    }
+    (flags, None)
 }
