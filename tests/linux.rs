@@ -44,7 +44,8 @@ fn assert_clean(test: &str, run: &Run) {
 /// The partial boot: PVH entry of the uncompressed kernel, up to the MADT (and, with --iommu, the
 /// DMAR unit). Asserts the version line, the e820 map exactly as the VMM built it, every ACPI table
 /// the VMM provides, the MADT's contents as Linux parsed them, the kernel's lines for our VT-d
-/// unit (its CAP and ECAP as the unit reports them), and no ACPI or firmware-bug lines.
+/// unit (its CAP and ECAP as the unit reports them, interrupt remapping enabled in x2APIC mode),
+/// and no ACPI or firmware-bug lines.
 #[test]
 fn linux_pvh_partial_boot_sees_our_e820_and_acpi_tables() {
     const TEST: &str = "linux_pvh_partial_boot_sees_our_e820_and_acpi_tables";
@@ -112,6 +113,12 @@ fn linux_pvh_partial_boot_sees_our_e820_and_acpi_tables() {
                     unit.cap(),
                     unit.ecap()
                 ),
+                // Interrupt remapping: the I/O APIC scope found, the table set up through the
+                // invalidation queue (SIRTP, a global IEC invalidation and its wait), IRE, and
+                // x2APIC mode because the unit offers EIM.
+                "DMAR-IR: IOAPIC id 0 under DRHD base  0xfed90000 IOMMU 0".into(),
+                "DMAR-IR: Enabled IRQ remapping in x2apic mode".into(),
+                "x2apic enabled".into(),
             ]);
         }
         wanted.extend(e820_low.iter().chain(&e820_ram).map(|l| l.to_string()));
