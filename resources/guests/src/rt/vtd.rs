@@ -183,25 +183,14 @@ impl Vtd {
     /// Finds the unit through the DMAR table: its host address width, one DRHD with
     /// INCLUDE_PCI_ALL. None if the firmware has no DMAR table.
     pub fn find() -> Option<(u8, u64, u8)> {
-        let dmar = acpi::find_table(b"DMAR")?;
-        let body = dmar.body();
+        let body = acpi::find_table(b"DMAR")?.body();
         let haw = body[0] + 1;
-        let mut at = 12;
-        while at + 4 <= body.len() {
-            let kind = u16::from_le_bytes([body[at], body[at + 1]]);
-            let len = usize::from(u16::from_le_bytes([body[at + 2], body[at + 3]]));
-            if len < 4 || at + len > body.len() {
-                fail!("DMAR: bad structure length {} at {}", len, at);
-            }
-            if kind == 0 && len >= 16 {
-                let flags = body[at + 4];
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&body[at + 8..at + 16]);
-                return Some((haw, u64::from_le_bytes(b), flags));
-            }
-            at += len;
-        }
-        fail!("DMAR: no DRHD")
+        let Some(drhd) = dmar_structures(body).find(|&(kind, s)| kind == 0 && s.len() >= 16) else {
+            fail!("DMAR: no DRHD")
+        };
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&drhd.1[8..16]);
+        Some((haw, u64::from_le_bytes(b), drhd.1[4]))
     }
 
     pub fn r32(&self, off: u64) -> u32 {
@@ -758,38 +747,45 @@ impl Vtd {
     }
 }
 
-/// The DMAR table's flags (bit 0 INTR_REMAP, bit 1 X2APIC_OPT_OUT) and the first I/O APIC
-/// device scope of its DRHD: (enumeration id, source-id).
-pub fn dmar_interrupt_info() -> (u8, Option<(u8, u16)>) {
-    let Some(dmar) = acpi::find_table(b"DMAR") else {
-        fail!("no DMAR table")
-    };
-    let body = dmar.body();
-    let flags = body[1];
+/// The remapping structures after the DMAR table's header: (type, bytes). A structure whose length
+/// is impossible fails the program.
+fn dmar_structures(body: &'static [u8]) -> impl Iterator<Item = (u16, &'static [u8])> {
     let mut at = 12;
-    while at + 4 <= body.len() {
+    core::iter::from_fn(move || {
+        if at + 4 > body.len() {
+            return None;
+        }
         let kind = u16::from_le_bytes([body[at], body[at + 1]]);
         let len = usize::from(u16::from_le_bytes([body[at + 2], body[at + 3]]));
         if len < 4 || at + len > body.len() {
             fail!("DMAR: bad structure length {} at {}", len, at);
         }
-        if kind == 0 {
-            let mut scope = at + 16;
-            while scope + 6 <= at + len {
-                let (kind, slen) = (body[scope], usize::from(body[scope + 1]));
-                if slen < 8 || scope + slen > at + len {
-                    fail!("DMAR: bad device scope length {} at {}", slen, scope);
-                }
-                if kind == 3 {
-                    let (id, bus) = (body[scope + 4], body[scope + 5]);
-                    let (dev, func) = (body[scope + 6], body[scope + 7]);
-                    let sid = (u16::from(bus) << 8) | (u16::from(dev) << 3) | u16::from(func);
-                    return (flags, Some((id, sid)));
-                }
-                scope += slen;
-            }
-        }
         at += len;
+        Some((kind, &body[at - len..at]))
+    })
+}
+
+/// The DMAR table's flags (bit 0 INTR_REMAP, bit 1 X2APIC_OPT_OUT) and the first I/O APIC
+/// device scope of its DRHDs: (enumeration id, source-id).
+pub fn dmar_interrupt_info() -> (u8, Option<(u8, u16)>) {
+    let Some(dmar) = acpi::find_table(b"DMAR") else {
+        fail!("no DMAR table")
+    };
+    let body = dmar.body();
+    for (_, drhd) in dmar_structures(body).filter(|&(kind, _)| kind == 0) {
+        let mut at = 16;
+        while at + 6 <= drhd.len() {
+            let (kind, len) = (drhd[at], usize::from(drhd[at + 1]));
+            if len < 8 || at + len > drhd.len() {
+                fail!("DMAR: bad device scope length {} at {}", len, at);
+            }
+            if kind == 3 {
+                let (id, bus, dev, func) = (drhd[at + 4], drhd[at + 5], drhd[at + 6], drhd[at + 7]);
+                let sid = (u16::from(bus) << 8) | (u16::from(dev) << 3) | u16::from(func);
+                return (body[1], Some((id, sid)));
+            }
+            at += len;
+        }
     }
-    (flags, None)
+    (body[1], None)
 }
