@@ -120,7 +120,7 @@ pub fn message(e: u64) -> MsiMessage {
         // Remappable format (VT-d 5.1.5.1): handle[14:0] in bits 19:5, handle[15] in bit 2, bit 4
         // set; the handle comes from entry bits 63:49 and 11.
         let handle = ((e >> 49) & 0x7fff) | ((e >> 11) & 1) << 15;
-        0xfee0_0000 | ((handle & 0x7fff) << 5) | ((handle >> 15) << 2) | (1 << 4)
+        iommu::spec::msi::remappable_address(handle as u16, false)
     } else {
         // Compatibility format: destination ID in bits 19:12, destination mode in bit 2.
         let dest = (e >> entry::DEST_SHIFT) & 0xff;

@@ -62,6 +62,18 @@ pub enum InterruptCacheScope {
 }
 
 impl InterruptCacheScope {
+    /// A scope covering both (the entries between the two ranges included).
+    pub(crate) fn union(self, other: InterruptCacheScope) -> InterruptCacheScope {
+        use InterruptCacheScope::{All, Entries};
+        match (self, other) {
+            (Entries { first: a, last: b }, Entries { first: c, last: d }) => Entries {
+                first: a.min(c),
+                last: b.max(d),
+            },
+            _ => All,
+        }
+    }
+
     /// Whether a translation of `msg` is within the scope.
     pub fn covers(&self, msg: MsiMessage) -> bool {
         match *self {
@@ -135,12 +147,14 @@ impl Irte {
         self.lo & irte::FPD != 0
     }
 
-    /// Reserved bits, the posted-interrupt mode bit (no CAP.PI) and reserved SVT values.
+    /// Reserved bits, the posted-interrupt mode bit (no CAP.PI), reserved delivery modes (011b,
+    /// 110b) and the reserved SVT value.
     fn reserved(&self, eime: bool) -> bool {
         let lo_reserved = irte::LOW_RESERVED | if eime { 0 } else { irte::XAPIC_DEST_RESERVED };
         self.lo & lo_reserved != 0
             || self.hi & irte::HIGH_RESERVED != 0
             || (self.hi >> irte::SVT_SHIFT) & 3 == irte::SVT_RESERVED
+            || irte::DLM_RESERVED.contains(&((self.lo >> irte::DLM_SHIFT) & 7))
     }
 
     /// Whether `sid` may use this entry (SVT and SQ).

@@ -2,6 +2,10 @@
 //! IQH up to IQT, wrapping around the queue, and executes each before moving IQH past it. A bad
 //! descriptor (unknown or unsupported type, reserved bits, a status write outside memory) sets
 //! FSTS.IQE with IQH left on it, and nothing more is fetched until software clears IQE.
+//!
+//! Interrupt entry cache invalidations are gathered and handed to the listener as one scope before
+//! the next wait descriptor and at the end of the run: their completion can only be observed
+//! through a wait, and a batch of them then costs one refresh of the VMM's routes.
 
 use crate::intremap::InterruptCacheScope;
 use crate::regs::Regs;
@@ -44,23 +48,33 @@ pub(crate) fn process(inner: &Inner, regs: &mut Regs, out: &mut Vec<MsiMessage>)
         return;
     }
     let mut head = (regs.iqh >> 4) % entries;
+    let mut iec = None;
     while head != tail {
         let at = base.wrapping_add(head * 16);
         let lo = read_u64(&inner.mem, at);
         let hi = read_u64(&inner.mem, at.wrapping_add(8));
         let ok = match (lo, hi) {
-            (Some(lo), Some(hi)) => execute(inner, regs, lo, hi, out),
+            (Some(lo), Some(hi)) => execute(inner, regs, (lo, hi), &mut iec, out),
             _ => false,
         };
         if !ok {
             log::debug!("VT-d: invalidation queue error at descriptor {head}");
             regs.iqh = head << 4;
+            flush_iec(inner, &mut iec);
             out.extend(regs.queue_error());
             return;
         }
         head = (head + 1) % entries;
     }
+    flush_iec(inner, &mut iec);
     regs.iqh = head << 4;
+}
+
+/// Hands the gathered interrupt entry cache invalidations to the listener.
+fn flush_iec(inner: &Inner, iec: &mut Option<InterruptCacheScope>) {
+    if let Some(scope) = iec.take() {
+        inner.interrupt_cache_invalidated(scope);
+    }
 }
 
 /// The entries an interrupt entry cache descriptor names: all of them (G = 0), or 2^IM entries
@@ -78,8 +92,15 @@ fn iec_scope(lo: u64) -> InterruptCacheScope {
     }
 }
 
-/// Executes one descriptor; false if it is malformed or unsupported.
-fn execute(inner: &Inner, regs: &mut Regs, lo: u64, hi: u64, out: &mut Vec<MsiMessage>) -> bool {
+/// Executes one descriptor; false if it is malformed or unsupported. An IEC invalidation joins
+/// `iec`, which a wait descriptor hands to the listener first.
+fn execute(
+    inner: &Inner,
+    regs: &mut Regs,
+    (lo, hi): (u64, u64),
+    iec: &mut Option<InterruptCacheScope>,
+    out: &mut Vec<MsiMessage>,
+) -> bool {
     if lo & desc::TYPE_HIGH_MASK != 0 {
         return false;
     }
@@ -112,7 +133,8 @@ fn execute(inner: &Inner, regs: &mut Regs, lo: u64, hi: u64, out: &mut Vec<MsiMe
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             // Without interrupt remapping nothing is cached; the descriptor still completes.
             if inner.config.interrupt_remapping {
-                inner.interrupt_cache_invalidated(iec_scope(lo));
+                let scope = iec_scope(lo);
+                *iec = Some(iec.map_or(scope, |s| s.union(scope)));
             }
             true
         }
@@ -124,7 +146,9 @@ fn execute(inner: &Inner, regs: &mut Regs, lo: u64, hi: u64, out: &mut Vec<MsiMe
                 .stats
                 .inv_wait
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            // Everything before this descriptor has taken effect: invalidations are synchronous.
+            // Everything before this descriptor has taken effect: invalidations are synchronous,
+            // and the gathered interrupt entry invalidations are done now.
+            flush_iec(inner, iec);
             if lo & desc::WAIT_SW != 0 {
                 let status = (lo >> 32) as u32;
                 if write_u32(&inner.mem, hi & allowed::WAIT_HI, status).is_none() {

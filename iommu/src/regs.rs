@@ -377,7 +377,8 @@ fn regs_len(regs: &Regs) -> u64 {
 }
 
 /// GCMD (section 10.4.4): level commands set their status; one-shot commands act and set theirs.
-/// Bits copied back from GSTS repeat one-shot commands harmlessly.
+/// One-shot bits copied back from GSTS repeat their commands: SRTP and SIRTP latch their
+/// registers again (as the specification has it), WBF completes at once.
 fn global_command(inner: &Inner, regs: &mut Regs, value: u32, out: &mut Vec<MsiMessage>) {
     let old = regs.gsts;
     let mut gsts = old;

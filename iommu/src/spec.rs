@@ -322,6 +322,8 @@ pub mod irte {
     pub const TM: u64 = 1 << 4;
     /// Delivery mode (bits 7:5).
     pub const DLM_SHIFT: u32 = 5;
+    /// Reserved delivery modes: 011b, and 110b (which the local APIC would take as a start-up).
+    pub const DLM_RESERVED: [u64; 2] = [0b011, 0b110];
     /// Vector (bits 23:16).
     pub const VECTOR_SHIFT: u32 = 16;
     /// Destination id (bits 63:32): the whole field in extended interrupt mode (x2APIC), bits
@@ -366,6 +368,16 @@ pub mod msi {
     pub const HANDLE_15_BIT: u32 = 2;
     /// The data's subhandle (bits 15:0); bits 31:16 are reserved when SHV is set.
     pub const SUBHANDLE_MASK: u32 = 0xffff;
+    /// The address of a remappable-format request for `handle`, with SHV when `shv`.
+    pub fn remappable_address(handle: u16, shv: bool) -> u64 {
+        let h = u64::from(handle);
+        0xfee0_0000
+            | ((h & HANDLE_LOW_MASK) << HANDLE_SHIFT)
+            | ((h >> 15) << HANDLE_15_BIT)
+            | REMAPPABLE
+            | if shv { SHV } else { 0 }
+    }
+
     /// Compatibility format: redirection hint (address bit 3).
     pub const REDIRECTION_HINT: u64 = 1 << 3;
     /// Compatibility format: logical destination mode (address bit 2).

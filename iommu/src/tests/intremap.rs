@@ -39,13 +39,8 @@ const DEV: InterruptSource = InterruptSource::Device(SID);
 
 /// A remappable MSI for `handle`, with `subhandle` in the data when given (SHV).
 fn remappable(handle: u16, subhandle: Option<u16>) -> MsiMessage {
-    let h = u64::from(handle);
-    let mut address = 0xfee0_0000 | ((h & 0x7fff) << 5) | ((h >> 15) << 2) | (1 << 4);
-    if subhandle.is_some() {
-        address |= 1 << 3;
-    }
     MsiMessage {
-        address,
+        address: crate::spec::msi::remappable_address(handle, subhandle.is_some()),
         data: subhandle.map_or(0, u32::from),
     }
 }
@@ -303,7 +298,9 @@ fn every_interrupt_remapping_fault_reason_is_found_and_recorded() {
             FaultReason::InterruptSourceBlocked,
         ),
     ];
-    for reserved in [1 << 12, 1 << 15, 1 << 24, 1 << 32, 1 << 48] {
+    // Reserved bits 14:12, the posted mode bit, 31:24, xAPIC destination bits 39:32 and 63:48,
+    // and delivery modes 011b and 110b.
+    for reserved in [1 << 12, 1 << 15, 1 << 24, 1 << 32, 1 << 48, 3 << 5, 6 << 5] {
         cases.push((
             remappable(1, None),
             ok | reserved,
@@ -421,34 +418,52 @@ fn source_ids_are_verified_as_svt_and_sq_say_and_never_for_the_ioapic() {
 fn iec_descriptors_name_their_entries_before_the_wait_completes() {
     let mut ir = IrRig::new(Config::default(), false, true);
     let iec = |g: u64, im: u64, idx: u64| (desc::IEC | (g << 4) | (im << 27) | (idx << 32), 0);
-    ir.rig.submit(&[
-        iec(0, 0, 0),
-        iec(1, 0, 5),
-        iec(1, 2, 0x13),
-        iec(1, 20, 0x1234),
-        wait_sw(1, ir.status),
-    ]);
     let entries = |first, last| InterruptCacheScope::Entries { first, last };
-    assert_eq!(
-        ir.heard.take_with_status(),
-        vec![
-            (InterruptCacheScope::All, 0),
-            (entries(5, 5), 0),
-            (entries(0x10, 0x13), 0),
-            (entries(0, 0xffff), 0),
-        ],
-        "each scope, told before the wait wrote its status"
-    );
-    assert_eq!(ir.rig.q(ir.status) as u32, 1);
+    // One descriptor and its wait per batch: the scope each names, told before the status write.
+    for (seq, (d, scope)) in [
+        (iec(0, 0, 0), InterruptCacheScope::All),
+        (iec(1, 0, 5), entries(5, 5)),
+        (iec(1, 2, 0x13), entries(0x10, 0x13)),
+        (iec(1, 20, 0x1234), entries(0, 0xffff)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let seq = seq as u32 + 1;
+        ir.rig.submit(&[d, wait_sw(seq, ir.status)]);
+        assert_eq!(
+            ir.heard.take_with_status(),
+            vec![(scope, seq - 1)],
+            "{d:x?}"
+        );
+        assert_eq!(ir.rig.q(ir.status) as u32, seq);
+    }
     assert_eq!(ir.rig.unit.snapshot().inv_iec, 4);
-    // A malformed IEC descriptor (a bit in the reserved high quadword) is a queue error.
-    ir.rig.submit(&[(desc::IEC, 1)]);
+    // Several before one wait: one call covering them all, still before the status write.
+    ir.rig
+        .submit(&[iec(1, 0, 9), iec(1, 1, 0x20), wait_sw(9, ir.status)]);
+    assert_eq!(ir.heard.take_with_status(), vec![(entries(9, 0x21), 4)]);
+    // Without a wait, the end of the run tells the listener.
+    ir.rig.submit(&[iec(1, 0, 3)]);
+    assert_eq!(ir.heard.take(), vec![entries(3, 3)]);
+    // A malformed IEC descriptor (a bit in the reserved high quadword) is a queue error; the
+    // well-formed one before it is still told.
+    ir.rig.submit(&[iec(1, 0, 7), (desc::IEC, 1)]);
     assert_ne!(ir.rig.r32(reg::FSTS) & fsts::IQE, 0);
-    assert!(ir.heard.take().is_empty());
+    assert_eq!(ir.heard.take(), vec![entries(7, 7)]);
 }
 
 #[test]
 fn a_scope_covers_the_messages_whose_index_it_names() {
+    let (a, b) = (
+        InterruptCacheScope::Entries { first: 4, last: 7 },
+        InterruptCacheScope::Entries { first: 9, last: 9 },
+    );
+    assert_eq!(
+        a.union(b),
+        InterruptCacheScope::Entries { first: 4, last: 9 }
+    );
+    assert_eq!(b.union(InterruptCacheScope::All), InterruptCacheScope::All);
     let scope = InterruptCacheScope::Entries { first: 4, last: 7 };
     assert!(scope.covers(remappable(4, None)));
     assert!(scope.covers(remappable(2, Some(5))));
