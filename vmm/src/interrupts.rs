@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use devices::{IoEvents, MsiVectors};
+use iommu::spec::INTERRUPT_RANGE;
 use iommu::{
     InterruptCacheListener, InterruptCacheScope, InterruptFault, InterruptSource, MsiMessage,
     MsiSender, RemappingUnit,
@@ -58,9 +59,6 @@ pub struct GsiRouter {
     table: Mutex<RouteTable>,
     /// The unit, when it remaps interrupts.
     remapper: OnceLock<RemappingUnit>,
-    /// KVM takes 32-bit destination ids (KVM_X2APIC_API_USE_32BIT_IDS): the upper address dword
-    /// holds destination bits 31:8 and its bits 7:0 must be zero.
-    x2apic_ids: bool,
     /// Bit n: the unit blocked GSI n's interrupt at its last translation.
     blocked: Vec<AtomicU64>,
 }
@@ -84,8 +82,18 @@ enum Delivery {
     Message(MsiMessage),
     /// The unit blocks it: firing it records a fault.
     Blocked(InterruptFault),
-    /// Not an interrupt KVM can take (an upper address KVM rejects): dropped.
+    /// Not an interrupt request (a write outside the interrupt range): dropped.
     Dropped,
+}
+
+impl Delivery {
+    /// The route KVM holds for it.
+    fn kvm_route(&self) -> Option<MsiMessage> {
+        match *self {
+            Delivery::Message(msg) => Some(msg),
+            _ => None,
+        }
+    }
 }
 
 /// What a source that fires a blocked route should do.
@@ -108,9 +116,8 @@ impl std::fmt::Debug for GsiRouter {
 const MAX_GSI: u32 = 4096;
 
 impl GsiRouter {
-    /// An empty table; device vectors get GSIs from `first_msi_gsi`. `x2apic_ids`: KVM was told
-    /// to take 32-bit destination ids.
-    pub fn new(vm: Arc<VmFd>, first_msi_gsi: u32, x2apic_ids: bool) -> Self {
+    /// An empty table; device vectors get GSIs from `first_msi_gsi`.
+    pub fn new(vm: Arc<VmFd>, first_msi_gsi: u32) -> Self {
         Self {
             vm,
             table: Mutex::new(RouteTable {
@@ -118,7 +125,6 @@ impl GsiRouter {
                 next_gsi: first_msi_gsi,
             }),
             remapper: OnceLock::new(),
-            x2apic_ids,
             blocked: (0..MAX_GSI / 64).map(|_| AtomicU64::new(0)).collect(),
         }
     }
@@ -155,12 +161,6 @@ impl GsiRouter {
         self.vm.set_gsi_routing(&routing)
     }
 
-    fn install_or_warn(&self, table: &RouteTable) {
-        if let Err(e) = self.install(table) {
-            log::warn!("interrupt routes not installed: {e}");
-        }
-    }
-
     /// `count` fresh GSIs for MSI vectors, or None when KVM's GSI space is used up.
     pub fn allocate(&self, count: u32) -> Option<Vec<u32>> {
         let mut table = self.table();
@@ -170,23 +170,25 @@ impl GsiRouter {
         Some((first..end).collect())
     }
 
-    /// What KVM should deliver for `msg` from `source`.
+    /// What KVM should deliver for `msg` from `source`. A write outside 0xfeex_xxxx (the upper
+    /// address dword included) is not an interrupt request: on a real platform it is a DMA write,
+    /// which no interrupt route stands for, so it is dropped, and never reaches the unit as an
+    /// interrupt it would have to remap.
     fn translate(&self, source: InterruptSource, msg: MsiMessage) -> Delivery {
-        let msg = match self.remapper.get().map(|u| u.remap_interrupt(source, msg)) {
-            Some(Err(fault)) => return Delivery::Blocked(fault),
-            Some(Ok(msg)) => msg,
-            None => msg,
-        };
-        if self.x2apic_ids && (msg.address >> 32) & 0xff != 0 {
+        if !INTERRUPT_RANGE.contains(&msg.address) {
             return Delivery::Dropped;
         }
-        Delivery::Message(msg)
+        match self.remapper.get().map(|u| u.remap_interrupt(source, msg)) {
+            Some(Err(fault)) => Delivery::Blocked(fault),
+            Some(Ok(msg)) => Delivery::Message(msg),
+            None => Delivery::Message(msg),
+        }
     }
 
-    fn mark(&self, gsi: u32, delivery: Delivery) {
+    fn set_blocked(&self, gsi: u32, blocked: bool) {
         if let Some(word) = self.blocked.get((gsi / 64) as usize) {
             let bit = 1 << (gsi % 64);
-            if matches!(delivery, Delivery::Blocked(_)) {
+            if blocked {
                 word.fetch_or(bit, Ordering::SeqCst);
             } else {
                 word.fetch_and(!bit, Ordering::SeqCst);
@@ -201,40 +203,66 @@ impl GsiRouter {
             .is_some_and(|w| w.load(Ordering::SeqCst) & (1 << (gsi % 64)) != 0)
     }
 
+    /// Translates `gsi`'s route again; true if what KVM should hold for it changed. A route the
+    /// unit now blocks is marked at once (a source that fires it from now on waits for the table
+    /// and asks again); the mark comes off in `commit`, once KVM has the route.
+    fn refresh(&self, gsi: u32, route: &mut Route) -> bool {
+        let before = route.delivered.kvm_route();
+        route.delivered = self.translate(route.source, route.programmed);
+        if matches!(route.delivered, Delivery::Blocked(_)) {
+            self.set_blocked(gsi, true);
+        }
+        route.delivered.kvm_route() != before
+    }
+
+    /// Installs `table` in KVM if `changed`, then unmarks the `touched` routes that are not
+    /// blocked. If KVM refuses the table it still holds old routes, so the touched ones stay
+    /// marked: their sources ask again when they fire. Returns whether KVM took the table.
+    fn commit(&self, table: &RouteTable, touched: &[u32], changed: bool) -> bool {
+        if changed && let Err(e) = self.install(table) {
+            log::warn!("interrupt routes not installed: {e}");
+            for &gsi in touched {
+                self.set_blocked(gsi, true);
+            }
+            return false;
+        }
+        for &gsi in touched {
+            if !matches!(
+                table.routes.get(&gsi).map(|r| r.delivered),
+                Some(Delivery::Blocked(_))
+            ) {
+                self.set_blocked(gsi, false);
+            }
+        }
+        true
+    }
+
     /// Points `gsi` at `msg`, sent by `source`.
     fn set_msi(&self, gsi: u32, source: InterruptSource, msg: MsiMessage) {
         let mut table = self.table();
-        let delivered = self.translate(source, msg);
-        self.mark(gsi, delivered);
-        let old = table.routes.insert(
-            gsi,
-            Route {
-                source,
-                programmed: msg,
-                delivered,
-            },
-        );
-        if old.is_none_or(|r| r.delivered != delivered) {
-            self.install_or_warn(&table);
-        }
+        let route = table.routes.entry(gsi).or_insert(Route {
+            source,
+            programmed: msg,
+            delivered: Delivery::Dropped,
+        });
+        (route.source, route.programmed) = (source, msg);
+        let changed = self.refresh(gsi, route);
+        self.commit(&table, &[gsi], changed);
     }
 
-    /// `gsi`'s source fires while its route is blocked: translates it again.
+    /// `gsi`'s source fires while its route is marked blocked: translates it again.
     fn retry(&self, gsi: u32) -> Retry {
         let mut table = self.table();
         let Some(route) = table.routes.get_mut(&gsi) else {
             return Retry::Drop;
         };
-        let delivered = self.translate(route.source, route.programmed);
-        route.delivered = delivered;
-        self.mark(gsi, delivered);
+        let changed = self.refresh(gsi, route);
+        let delivered = route.delivered;
+        let installed = self.commit(&table, &[gsi], changed);
         match delivered {
-            Delivery::Message(_) => {
-                self.install_or_warn(&table);
-                Retry::Fire
-            }
+            Delivery::Message(_) if installed => Retry::Fire,
             Delivery::Blocked(fault) => Retry::Fault(fault),
-            Delivery::Dropped => Retry::Drop,
+            _ => Retry::Drop,
         }
     }
 
@@ -262,20 +290,15 @@ impl GsiRouter {
 impl InterruptCacheListener for GsiRouter {
     fn invalidate(&self, scope: InterruptCacheScope) {
         let mut table = self.table();
+        let mut touched = Vec::new();
         let mut changed = false;
-        for (&gsi, route) in table
-            .routes
-            .iter_mut()
-            .filter(|(_, r)| scope.covers(r.programmed))
-        {
-            let delivered = self.translate(route.source, route.programmed);
-            self.mark(gsi, delivered);
-            changed |= delivered != route.delivered;
-            route.delivered = delivered;
+        for (&gsi, route) in table.routes.iter_mut() {
+            if scope.covers(route.programmed) {
+                changed |= self.refresh(gsi, route);
+                touched.push(gsi);
+            }
         }
-        if changed {
-            self.install_or_warn(&table);
-        }
+        self.commit(&table, &touched, changed);
     }
 }
 

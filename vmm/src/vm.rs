@@ -403,7 +403,7 @@ fn set_up_platform(
         vm.enable_cap(&x2apic)
             .map_err(kvm_err("enable 32-bit x2APIC ids"))?;
     }
-    let router = Arc::new(GsiRouter::new(vm.clone(), FIRST_MSI_GSI, x2apic_ids));
+    let router = Arc::new(GsiRouter::new(vm.clone(), FIRST_MSI_GSI));
     router.apply().map_err(kvm_err("set interrupt routing"))?;
     Ok(router)
 }
