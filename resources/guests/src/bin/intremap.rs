@@ -3,8 +3,10 @@
 //! a remapped MSI with a subhandle, an IEC invalidation changing the delivered vector, a
 //! non-present entry and a failed source-id check recorded as faults with nothing delivered,
 //! compatibility-format MSIs blocked (and, outside extended interrupt mode, let through by CFI),
-//! a remappable I/O APIC entry (edu INTx) ended by the I/O APIC's EOI register, and every AP
-//! reached through an entry's destination (x2APIC format with `eim=on`).
+//! remappable I/O APIC entries (edu INTx), edge (as Linux programs them, ended by the I/O APIC's
+//! EOI register) and level-triggered (ended by the local APIC's EOI), and every AP reached through
+//! an entry's destination (32-bit x2APIC format with `eim=on`, where the id plus 256 reaches no
+//! CPU; the local APICs stay in xAPIC mode).
 //!
 //! Command line: `eim=on|off cpus=N` (what the unit and the MADT must offer).
 
@@ -24,6 +26,7 @@ const MSI_VECTOR: u8 = 0x50;
 const NEW_VECTOR: u8 = 0x52;
 const COMPAT_VECTOR: u8 = 0x53;
 const INTX_VECTOR: u8 = 0x54;
+const LEVEL_VECTOR: u8 = 0x55;
 const AP_VECTOR: u8 = 0x58;
 
 /// Interrupt table entries the program uses.
@@ -32,6 +35,7 @@ const MSI_SUBHANDLE: u16 = 1;
 const ABSENT_ENTRY: u16 = 0x20;
 const CHECKED_ENTRY: u16 = 0x21;
 const INTX_ENTRY: u16 = 0x30;
+const LEVEL_ENTRY: u16 = 0x31;
 const AP_ENTRIES: u16 = 0x40;
 
 /// How long to wait for an interrupt that should come (spins), and for one that should not.
@@ -346,10 +350,47 @@ fn main() -> ! {
             rt::interrupt_count(INTX_VECTOR) - before
         );
     }
-    ioapic::write(0x10 + 2 * pin, ioapic::MASKED);
     println!(
         "ioapic: pin {} remapped through entry {:#x} to vector {:#x}; EOI register clears remote IRR",
         pin, INTX_ENTRY, INTX_VECTOR
+    );
+
+    // A level-triggered entry with the delivered vector in the I/O APIC's vector field: the local
+    // APIC's EOI for the remapped vector reaches the pin (KVM's EOI exit) and clears remote IRR.
+    irt.set(
+        LEVEL_ENTRY,
+        irt.entry(LEVEL_VECTOR, bsp) | irte::TM,
+        irte::SVT_SID | u64::from(ioapic_sid),
+    );
+    let (low, high) = Irt::ioapic_entry(LEVEL_ENTRY, LEVEL_VECTOR, ioapic::LEVEL);
+    ioapic::write(0x11 + 2 * pin, high);
+    ioapic::write(0x10 + 2 * pin, low);
+    let before = rt::interrupt_count(LEVEL_VECTOR);
+    dev.edu.w32(0x60, 0x1);
+    dev.edu.w32(0x64, 0x1);
+    if ioapic::entry(pin) & ioapic::REMOTE_IRR == 0 {
+        fail!("pin {}: level entry not delivered (remote IRR clear)", pin);
+    }
+    rt::sti();
+    let arrived = rt::wait_for_interrupt(LEVEL_VECTOR, before, ARRIVES);
+    rt::cli();
+    if !arrived || rt::interrupt_count(LEVEL_VECTOR) - before != 1 {
+        fail!(
+            "pin {}: level entry delivered {} times",
+            pin,
+            rt::interrupt_count(LEVEL_VECTOR) - before
+        );
+    }
+    if ioapic::entry(pin) & ioapic::REMOTE_IRR != 0 {
+        fail!(
+            "pin {}: remote IRR still set after the local APIC's EOI",
+            pin
+        );
+    }
+    ioapic::write(0x10 + 2 * pin, ioapic::MASKED);
+    println!(
+        "ioapic: pin {} level-triggered through entry {:#x} to vector {:#x}; the local APIC's EOI clears remote IRR",
+        pin, LEVEL_ENTRY, LEVEL_VECTOR
     );
 
     // Every AP through its own entry: the AP wakes, the vector arrives, no other AP wakes.
@@ -408,6 +449,22 @@ fn main() -> ! {
         for (i, &other) in ids.iter().enumerate().filter(|&(_, &o)| o != bsp) {
             if woke(i) != (other == id) {
                 fail!("interrupt for cpu {}: cpu {} woke: {}", id, other, woke(i));
+            }
+        }
+        if eim {
+            // The same CPU's id plus 256: a destination only 32-bit ids can name, which no CPU
+            // has. Cut to 8 bits anywhere on the way, it would reach this CPU.
+            irt.set(index, irt.entry(AP_VECTOR, id + 0x100), 0);
+            v.flush_iec(Some((index, 0)));
+            let (before, wakeups) = (rt::interrupt_count(AP_VECTOR), smp::wakeups(id));
+            rt::sti();
+            dev.pulse();
+            for _ in 0..STAYS_AWAY {
+                core::hint::spin_loop();
+            }
+            rt::cli();
+            if rt::interrupt_count(AP_VECTOR) != before || smp::wakeups(id) != wakeups {
+                fail!("destination {:#x} reached a CPU", id + 0x100);
             }
         }
         println!(
