@@ -433,3 +433,104 @@ impl MsiVectors for KvmIoapicRoutes {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use iommu::spec::{gcmd, reg};
+    use iommu::{
+        Config, InterruptCacheListener, InterruptSource, MsiMessage, MsiSender, RemappingUnit,
+    };
+    use kvm_bindings::{KVM_CAP_SPLIT_IRQCHIP, kvm_enable_cap};
+    use kvm_ioctls::Kvm;
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+    use super::GsiRouter;
+
+    struct Discard;
+    impl MsiSender for Discard {
+        fn send(&self, _: MsiMessage) {}
+    }
+
+    const TABLE: u64 = 0x10_000;
+    const SOURCE: InterruptSource = InterruptSource::Device(0x08);
+
+    /// The router as the unit's interrupt cache, on a real VM (split irqchip, no vCPUs): a route
+    /// to an absent entry is marked blocked and faults when fired; the entry made present and
+    /// invalidated, the mark comes off; writes outside the interrupt range never get a route.
+    #[test]
+    fn routes_follow_the_units_entries_and_invalidations() {
+        let Ok(kvm) = Kvm::new() else {
+            eprintln!("SKIPPED routes_follow_the_units_entries_and_invalidations: no /dev/kvm");
+            return;
+        };
+        let vm = Arc::new(kvm.create_vm().unwrap());
+        let mut split = kvm_enable_cap {
+            cap: KVM_CAP_SPLIT_IRQCHIP,
+            ..Default::default()
+        };
+        split.args[0] = 24;
+        vm.enable_cap(&split).unwrap();
+        let mem =
+            Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap());
+        let unit = RemappingUnit::new(Config::default(), mem.clone(), Arc::new(Discard)).unwrap();
+        let w = |off: u64, v: u64| unit.mmio_write(off, &v.to_le_bytes());
+        w(reg::IRTA, TABLE | 7);
+        unit.mmio_write(reg::GCMD, &gcmd::SIRTP.to_le_bytes());
+        unit.mmio_write(reg::GCMD, &gcmd::IRE.to_le_bytes());
+        let router = Arc::new(GsiRouter::new(vm, 24));
+        router.remap_through(&unit);
+        let gsi = router.allocate(1).unwrap()[0];
+        let remappable = MsiMessage {
+            address: iommu::spec::msi::remappable_address(3, false),
+            data: 0,
+        };
+        router.set_msi(gsi, SOURCE, remappable);
+        assert!(router.is_blocked(gsi), "entry 3 is not present");
+        let mut fired = false;
+        router.fire(gsi, || fired = true);
+        assert!(!fired);
+        assert_eq!(
+            unit.snapshot().faults,
+            1,
+            "the fault is recorded when it fires"
+        );
+        // Entry 3 made present (vector 0x40, APIC 0) without an invalidation: the unit caches no
+        // faulting entry, so firing asks again and delivers.
+        mem.write_obj(1u64 | (0x40 << 16), GuestAddress(TABLE + 3 * 16))
+            .unwrap();
+        router.fire(gsi, || fired = true);
+        assert!(fired && !router.is_blocked(gsi));
+        // Not present again: the route stays until an IEC invalidation covers it.
+        mem.write_obj(0u64, GuestAddress(TABLE + 3 * 16)).unwrap();
+        router.invalidate(iommu::InterruptCacheScope::Entries { first: 4, last: 9 });
+        assert!(!router.is_blocked(gsi), "outside the scope");
+        router.invalidate(iommu::InterruptCacheScope::Entries { first: 2, last: 3 });
+        assert!(router.is_blocked(gsi), "covered");
+        // A write outside the interrupt range: no route, nothing to remap, no fault.
+        let dma = MsiMessage {
+            address: 0x1_fee0_0000,
+            data: 0x30,
+        };
+        router.set_msi(gsi, SOURCE, dma);
+        assert!(!router.is_blocked(gsi));
+        let mut fired = false;
+        router.fire(gsi, || fired = true);
+        assert!(
+            fired,
+            "the irqfd write goes to a GSI without a route: KVM drops it"
+        );
+        assert!(
+            router
+                .table()
+                .routes
+                .get(&gsi)
+                .unwrap()
+                .delivered
+                .kvm_route()
+                .is_none()
+        );
+        assert_eq!(unit.snapshot().faults, 1);
+    }
+}
