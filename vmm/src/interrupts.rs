@@ -461,9 +461,15 @@ mod tests {
     /// invalidated, the mark comes off; writes outside the interrupt range never get a route.
     #[test]
     fn routes_follow_the_units_entries_and_invalidations() {
-        let Ok(kvm) = Kvm::new() else {
-            eprintln!("SKIPPED routes_follow_the_units_entries_and_invalidations: no /dev/kvm");
-            return;
+        let kvm = match Kvm::new() {
+            Ok(kvm) => kvm,
+            Err(e) => {
+                let why = format!("/dev/kvm is not usable: {e}");
+                return arch::skip(
+                    "interrupts::routes_follow_the_units_entries_and_invalidations",
+                    &why,
+                );
+            }
         };
         let vm = Arc::new(kvm.create_vm().unwrap());
         let mut split = kvm_enable_cap {
