@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use iommu::MsiMessage;
 
 use crate::{BusDevice, InterruptLine, MsiVectors};
+use iommu::spec::msi;
 
 /// The pins.
 pub const PINS: usize = 24;
@@ -115,19 +116,23 @@ pub fn message(e: u64) -> MsiMessage {
     let level = e & entry::LEVEL != 0;
     // Data: vector, delivery mode, trigger mode (with the level asserted, bit 14, for level).
     let data = (e & (entry::VECTOR | (7 << entry::DELIVERY_MODE_SHIFT))) as u32
-        | if level { (1 << 15) | (1 << 14) } else { 0 };
+        | if level {
+            msi::DATA_LEVEL | msi::DATA_ASSERT
+        } else {
+            0
+        };
     let address = if e & entry::REMAPPABLE != 0 {
         // Remappable format (VT-d 5.1.5.1): handle[14:0] in bits 19:5, handle[15] in bit 2, bit 4
         // set; the handle comes from entry bits 63:49 and 11.
         let handle = ((e >> 49) & 0x7fff) | ((e >> 11) & 1) << 15;
-        iommu::spec::msi::remappable_address(handle as u16, false)
+        msi::remappable_address(handle as u16, false)
     } else {
         // Compatibility format: destination ID in bits 19:12, destination mode in bit 2.
         let dest = (e >> entry::DEST_SHIFT) & 0xff;
         0xfee0_0000
             | (dest << 12)
             | if e & entry::DEST_LOGICAL != 0 {
-                1 << 2
+                msi::LOGICAL
             } else {
                 0
             }
